@@ -1,0 +1,29 @@
+"""Helpers shared by every notebook of Ray Library Patterns.
+
+* :mod:`helpers.cluster`: start or join a live cluster, check a request fits.
+* :mod:`helpers.results`: record measurements and claims for the tests.
+* :mod:`helpers.timing`: repeat, median, spread.
+* :mod:`helpers.plots`: one figure style, titles and units required.
+* :mod:`helpers.gpu`: find a CUDA GPU, fall back to the CPU.
+* :mod:`helpers.run`: execute a notebook with parameters, unattended.
+"""
+
+from helpers.cluster import InfeasibleRequest, LiveCluster, start_or_join
+from helpers.gpu import cuda_gpu_count, gpus_to_use
+from helpers.plots import figure
+from helpers.results import ClaimFailed, claim, measure
+from helpers.timing import Timing, time_it
+
+__all__ = [
+    "ClaimFailed",
+    "InfeasibleRequest",
+    "LiveCluster",
+    "Timing",
+    "claim",
+    "cuda_gpu_count",
+    "figure",
+    "gpus_to_use",
+    "measure",
+    "start_or_join",
+    "time_it",
+]

@@ -1,0 +1,311 @@
+"""Start or join a live Ray cluster, and always clean it up.
+
+One call, :func:`start_or_join`, gives every notebook its cluster:
+
+* given an address (the notebook's ``ray_address``, else ``RAY_ADDRESS``), it
+  connects to that cluster and starts nothing;
+* otherwise it starts a local multi-node cluster with Ray's own
+  ``ray.cluster_utils.Cluster``: a head and N worker nodes, each a real raylet
+  with its own object store, all on this machine.
+
+Clusters started here listen on 127.0.0.1 only, keep Ray's token
+authentication on, and are shut down when the kernel exits, whether the
+notebook finished or failed.
+"""
+
+from __future__ import annotations
+
+import atexit
+import ipaddress
+import os
+import secrets
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+from ray._private import ray_constants
+from ray._raylet import AuthenticationTokenLoader, Config
+from ray.cluster_utils import Cluster
+
+LOOPBACK = "127.0.0.1"
+
+
+class InfeasibleRequest(ValueError):
+    """A resource request that no amount of waiting will satisfy."""
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """The shape of a local cluster: a head node plus ``worker_nodes`` nodes."""
+
+    worker_nodes: int = 2
+    cpus_per_node: int = 1
+    gpus_per_node: int = 0
+    object_store_mb: int = 200
+    dashboard: bool = False
+
+    def __post_init__(self) -> None:
+        if self.worker_nodes < 0 or self.cpus_per_node < 1 or self.gpus_per_node < 0:
+            raise ValueError(f"Not a cluster shape: {self}")
+        if self.object_store_mb < 80:
+            raise ValueError("Ray needs an object store of at least 80 MB per node.")
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """One live node as Ray reports it."""
+
+    node_id: str
+    address: str
+    is_head: bool
+    cpus: float
+    gpus: float
+    object_store_mb: float
+
+
+class LiveCluster:
+    """A cluster this process is connected to; started here or joined.
+
+    Use it as a context manager, or call :meth:`shutdown`. Shutting down a
+    joined cluster only disconnects; a started one is stopped completely.
+    """
+
+    def __init__(self, address: str, spec: ClusterSpec | None, local: Cluster | None) -> None:
+        self.address = address
+        self.spec = spec
+        self._local = local
+
+    @property
+    def started_here(self) -> bool:
+        """True when this process started the cluster (and so will stop it)."""
+        return self._local is not None
+
+    def nodes(self) -> list[NodeInfo]:
+        """The cluster's live nodes, head first."""
+        alive = [n for n in ray.nodes() if n["Alive"]]
+        infos = [
+            NodeInfo(
+                node_id=n["NodeID"],
+                address=n["NodeManagerAddress"],
+                is_head=bool(n["Resources"].get("node:__internal_head__")),
+                cpus=n["Resources"].get("CPU", 0.0),
+                gpus=n["Resources"].get("GPU", 0.0),
+                object_store_mb=n["Resources"].get("object_store_memory", 0.0) / 2**20,
+            )
+            for n in alive
+        ]
+        return sorted(infos, key=lambda node: not node.is_head)
+
+    def table(self) -> str:
+        """The nodes as a small text table, with a total line."""
+        rows = [
+            ("head" if n.is_head else "worker", n.node_id[:8], n.address,
+             f"{n.cpus:g}", f"{n.gpus:g}", f"{n.object_store_mb:.0f}")
+            for n in self.nodes()
+        ]
+        total = ("total", f"{len(rows)} nodes", "",
+                 f"{sum(float(r[3]) for r in rows):g}", f"{sum(float(r[4]) for r in rows):g}",
+                 f"{sum(float(r[5]) for r in rows):.0f}")
+        header = ("role", "node", "address", "CPUs", "GPUs", "object store (MB)")
+        lines = [header, *rows, total]
+        widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
+        fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+        return "\n".join(fmt.format(*line).rstrip() for line in lines)
+
+    def require(
+        self, *, workers: int = 1, cpus: float = 1, gpus: float = 0, spread: bool = False
+    ) -> None:
+        """Fail now, with a clear message, if the cluster can never place the request.
+
+        The request is ``workers`` bundles of ``cpus`` CPUs and ``gpus`` GPUs
+        each; with ``spread=True`` every bundle must sit on a different node
+        (a ``STRICT_SPREAD`` placement group). Ray itself would wait forever
+        for a request like this, so we check the cluster's total resources
+        first: if it fits here, it fits once other work finishes.
+        """
+        nodes = self.nodes()
+
+        def fits_on(node: NodeInfo) -> int:
+            by_cpu = node.cpus // cpus if cpus else workers
+            by_gpu = node.gpus // gpus if gpus else workers
+            return int(min(by_cpu, by_gpu))
+
+        per_node = [fits_on(n) for n in nodes]
+        capacity = sum(1 for k in per_node if k) if spread else sum(per_node)
+        if capacity >= workers:
+            return
+        asked = f"{workers} worker(s) of {cpus:g} CPU and {gpus:g} GPU" + (
+            " on separate nodes" if spread else "")
+        have = ", ".join(f"{n.cpus:g} CPU/{n.gpus:g} GPU" for n in nodes)
+        raise InfeasibleRequest(
+            f"Asked for {asked}, but the cluster can hold at most {capacity}: "
+            f"it has {len(nodes)} node(s) with {have}. Ask for fewer or smaller "
+            "workers, or start the cluster with more nodes (worker_nodes=...)."
+        )
+
+    def shutdown(self) -> None:
+        """Disconnect; and if this process started the cluster, stop every process of it."""
+        global _current
+        ray.shutdown()
+        if self._local is not None:
+            self._local.shutdown()
+            self._local = None
+        if _current is self:
+            _current = None
+
+    def __enter__(self) -> LiveCluster:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.shutdown()
+
+    def __repr__(self) -> str:
+        how = "started here" if self.started_here else "joined"
+        return f"LiveCluster({self.address}, {how})"
+
+
+_current: LiveCluster | None = None
+
+
+def start_or_join(
+    ray_address: str | None = None,
+    *,
+    worker_nodes: int = 2,
+    cpus_per_node: int = 1,
+    gpus_per_node: int = 0,
+    object_store_mb: int = 200,
+    dashboard: bool = False,
+    quiet: bool = False,
+) -> LiveCluster:
+    """Connect this process to a Ray cluster and print what it has.
+
+    With ``ray_address`` (or ``RAY_ADDRESS`` in the environment) it joins that
+    cluster; the sizing arguments are then ignored. Otherwise it starts a
+    local cluster of a head and ``worker_nodes`` worker nodes, each with
+    ``cpus_per_node`` CPUs, ``gpus_per_node`` GPUs and an object store of
+    ``object_store_mb`` MB, listening on 127.0.0.1 only.
+
+    Calling it again with the same arguments returns the cluster already
+    running (a setup cell may be re-run); with other arguments it stops that
+    one first.
+    """
+    global _current
+    address = ray_address or os.environ.get("RAY_ADDRESS") or None
+    spec = None if address else ClusterSpec(
+        worker_nodes, cpus_per_node, gpus_per_node, object_store_mb, dashboard)
+
+    if _current is not None:
+        same = _current.spec == spec and (spec is not None or _current.address == address)
+        if same and ray.is_initialized():
+            if not quiet:
+                print(f"Reusing {_current!r}.\n{_current.table()}")
+            return _current
+        _current.shutdown()
+
+    cluster = _join(address) if address else _start(spec)
+    _current = cluster
+    if not quiet:
+        print(f"{cluster!r}\n{cluster.table()}")
+    return cluster
+
+
+def _join(address: str) -> LiveCluster:
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except (OSError, ValueError) as error:
+        # ray.init would retry for many minutes before giving up.
+        raise ConnectionError(
+            f"No Ray cluster answers at {address!r} ({error}). Give the head node's "
+            "GCS address as host:port, e.g. 10.0.0.5:6379, or leave ray_address "
+            "and RAY_ADDRESS empty to start a local cluster."
+        ) from None
+    _advertise_loopback(_is_loopback(host))
+    _reload_ray_settings()  # RAY_AUTH_* may have been set after ray was imported
+    # An explicit address, always: with none, ray.init attaches to whatever
+    # cluster was started last on this machine.
+    ray.init(address=address)
+    return LiveCluster(address, spec=None, local=None)
+
+
+def _start(spec: ClusterSpec) -> LiveCluster:
+    _advertise_loopback(True)
+    _require_token()
+    node_args = dict(
+        node_ip_address=LOOPBACK,
+        num_cpus=spec.cpus_per_node,
+        num_gpus=spec.gpus_per_node,
+        object_store_memory=spec.object_store_mb * 2**20,
+    )
+    local = Cluster(
+        initialize_head=True,
+        head_node_args=dict(
+            node_args,
+            include_dashboard=spec.dashboard,
+            dashboard_host=LOOPBACK,
+        ),
+        shutdown_at_exit=True,
+    )
+    cluster = LiveCluster(local.address, spec, local)
+    try:
+        for _ in range(spec.worker_nodes):
+            local.add_node(**node_args)
+        local.wait_for_nodes()
+        ray.init(address=local.address, _node_ip_address=LOOPBACK)
+    except BaseException:
+        cluster.shutdown()
+        raise
+    return cluster
+
+
+def _advertise_loopback(loopback: bool) -> None:
+    """Choose the address this process, and the Ray processes it starts, advertise.
+
+    Ray binds its servers to the address a node advertises. On Linux that is
+    the machine's network address, unless RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER is
+    0, when it is 127.0.0.1 (the macOS and Windows default). Children read the
+    variable when they start; this process read it when ray was imported, so
+    we set Ray's copy too. A driver joining a remote cluster must advertise its
+    network address, or the cluster's workers could not reach it.
+    """
+    os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = "0" if loopback else "1"
+    ray_constants.ENABLE_RAY_CLUSTER = not loopback
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def _require_token() -> None:
+    """Turn on token authentication for the clusters this process starts.
+
+    The variables stay set for this process, and so for the next cluster it
+    starts.
+    """
+    os.environ["RAY_AUTH_MODE"] = "token"
+    _reload_ray_settings()
+    if not AuthenticationTokenLoader.instance().has_token(ignore_auth_mode=True):
+        # No token in RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token:
+        # a fresh one for this process's clusters, in the form Ray makes them.
+        os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+        _reload_ray_settings()
+
+
+def _reload_ray_settings() -> None:
+    """Make Ray re-read its settings and token, which it caches from the environment."""
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
+
+
+def shutdown() -> None:
+    """Stop (or leave) the cluster :func:`start_or_join` gave this process, if any."""
+    if _current is not None:
+        _current.shutdown()
+
+
+# The kernel exiting, normally or after a failed cell, stops what we started.
+atexit.register(shutdown)

@@ -1,0 +1,58 @@
+"""Time a piece of work several times and keep every sample.
+
+A single timing on a shared two-core machine says little; the median of a
+few, with the spread beside it, says how long the work takes and how sure we
+are of it.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Wall-clock samples of one piece of work, in seconds."""
+
+    samples: tuple[float, ...]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples)
+
+    @property
+    def min(self) -> float:
+        return min(self.samples)
+
+    @property
+    def max(self) -> float:
+        return max(self.samples)
+
+    def __str__(self) -> str:
+        return (f"median {_human(self.median)} (min {_human(self.min)}, "
+                f"max {_human(self.max)}, {len(self.samples)} runs)")
+
+
+def time_it(work: Callable[[], Any], *, repeats: int = 5, warmup: int = 1) -> Timing:
+    """Run ``work()`` ``warmup`` times untimed, then ``repeats`` times timed."""
+    if repeats < 1:
+        raise ValueError("repeats must be at least 1")
+    for _ in range(warmup):
+        work()
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        work()
+        samples.append(time.perf_counter() - start)
+    return Timing(tuple(samples))
+
+
+def _human(seconds: float) -> str:
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.0f} µs"
+    if seconds < 1:
+        return f"{seconds * 1e3:.1f} ms"
+    return f"{seconds:.2f} s"

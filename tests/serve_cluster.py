@@ -1,0 +1,12 @@
+"""Start a local loopback cluster, print its address as JSON, and keep it running
+until standard input closes. The tests use it as "a cluster someone else started"."""
+
+import json
+import sys
+
+import helpers
+
+cluster = helpers.start_or_join(None, worker_nodes=1, quiet=True)
+print(json.dumps({"address": cluster.address, "nodes": len(cluster.nodes())}), flush=True)
+sys.stdin.read()
+cluster.shutdown()

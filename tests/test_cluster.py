@@ -1,0 +1,119 @@
+"""helpers.cluster: loopback only, nothing left behind, idempotent, fails fast."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import time
+
+import psutil
+import pytest
+import ray
+from conftest import ray_processes, shm_files, wait_until_gone
+
+import helpers
+from helpers.cluster import InfeasibleRequest
+
+
+@pytest.fixture
+def cluster(no_leftovers):
+    live = helpers.start_or_join(None, worker_nodes=1, quiet=True)
+    yield live
+    live.shutdown()
+
+
+def our_processes() -> list[psutil.Process]:
+    return [psutil.Process(), *psutil.Process().children(recursive=True)]
+
+
+def test_every_listener_is_on_loopback(cluster):
+    # Run a task on each node so that worker processes are listening too.
+    @ray.remote(num_cpus=1)
+    def node_id():
+        return ray.get_runtime_context().get_node_id()
+
+    ids = {ray.get(node_id.options(scheduling_strategy="SPREAD").remote()) for _ in range(4)}
+    listeners = []
+    for proc in our_processes():
+        try:
+            listeners += [(proc.name(), c.laddr) for c in proc.net_connections("inet")
+                          if c.status == psutil.CONN_LISTEN]
+        except psutil.NoSuchProcess:
+            pass
+    assert len(listeners) >= 6, f"expected GCS, raylets and agents listening, found {listeners}"
+    exposed = [(name, addr) for name, addr in listeners
+               if not _is_loopback(addr.ip)]
+    assert not exposed, f"listening beyond loopback: {exposed}"
+    assert {n.address for n in cluster.nodes()} == {"127.0.0.1"}
+    assert len(ids) >= 1
+
+
+def _is_loopback(ip: str) -> bool:
+    address = ipaddress.ip_address(ip)
+    mapped = getattr(address, "ipv4_mapped", None)
+    return (mapped or address).is_loopback
+
+
+def test_token_authentication_is_on(cluster):
+    import os
+    assert os.environ["RAY_AUTH_MODE"] == "token"
+    from ray._raylet import AuthenticationMode, get_authentication_mode
+    assert get_authentication_mode() == AuthenticationMode.TOKEN
+
+
+def test_shutdown_leaves_no_process_and_no_shared_memory():
+    before_pids, before_shm = ray_processes(), shm_files()
+    live = helpers.start_or_join(None, worker_nodes=2, quiet=True)
+    started = ray_processes() - before_pids
+    assert len(started) >= 3, "expected at least a GCS and three raylets"
+    live.shutdown()
+    assert not ray.is_initialized()
+    assert not wait_until_gone(started), "processes survived shutdown"
+    assert shm_files() <= before_shm
+
+
+def test_running_the_setup_twice_reuses_the_cluster(cluster):
+    again = helpers.start_or_join(None, worker_nodes=1, quiet=True)
+    assert again is cluster and ray.is_initialized()
+    assert len(again.nodes()) == 2
+
+
+def test_other_arguments_replace_the_cluster(no_leftovers):
+    first = helpers.start_or_join(None, worker_nodes=1, quiet=True)
+    first_processes = {p.pid for p in psutil.Process().children(recursive=True)}
+    second = helpers.start_or_join(None, worker_nodes=0, quiet=True)
+    try:
+        assert second is not first and len(second.nodes()) == 1
+        assert not wait_until_gone(first_processes - {p.pid for p in our_processes()})
+    finally:
+        second.shutdown()
+
+
+def test_the_table_shows_nodes_cpus_gpus_and_store(cluster):
+    table = cluster.table()
+    assert "object store (MB)" in table
+    assert re.search(r"^total\s+2 nodes\s+2\s+0\s+400$", table, re.MULTILINE), table
+    assert table.count("127.0.0.1") == 2
+
+
+@pytest.mark.parametrize("request_kwargs", [
+    {"workers": 3, "cpus": 1},              # more workers than CPUs in the cluster
+    {"workers": 1, "cpus": 2},              # more CPUs than any one node has
+    {"workers": 1, "gpus": 1},              # a GPU on a cluster without one
+    {"workers": 3, "cpus": 1, "spread": True},  # more separate nodes than exist
+])
+def test_an_infeasible_request_fails_fast_and_says_why(cluster, request_kwargs):
+    start = time.monotonic()
+    with pytest.raises(InfeasibleRequest, match=r"Asked for .* it has 2 node\(s\)"):
+        cluster.require(**request_kwargs)
+    assert time.monotonic() - start < 10, "the check must not wait on Ray's scheduler"
+
+
+def test_a_feasible_request_passes(cluster):
+    cluster.require(workers=2, cpus=1, spread=True)
+    cluster.require(workers=2, cpus=0.5)
+
+
+def test_a_bad_cluster_shape_is_refused():
+    with pytest.raises(ValueError, match="object store"):
+        helpers.start_or_join(None, object_store_mb=10, quiet=True)

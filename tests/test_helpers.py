@@ -1,0 +1,123 @@
+"""The small helpers: results, timing, plots, GPU detection, the notebook runner."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import nbformat
+import pytest
+
+import helpers
+from helpers import gpu, results
+from helpers.run import NotebookFailed, UnknownParameter, declared_parameters, execute
+
+
+def test_measure_prints_outside_a_notebook_and_returns_the_value(capsys):
+    assert helpers.measure("latency", 1.5, "ms") == 1.5
+    assert "latency = 1.5 ms" in capsys.readouterr().out
+
+
+def test_measure_refuses_a_non_number():
+    with pytest.raises(ValueError, match="not a finite number"):
+        helpers.measure("broken", float("nan"), "s")
+
+
+def test_a_false_claim_raises_with_its_detail():
+    helpers.claim("fine", True, "1 == 1")
+    with pytest.raises(helpers.ClaimFailed, match="nodes: 1 of 3"):
+        helpers.claim("nodes", False, "1 of 3")
+
+
+def test_records_are_read_back_from_outputs():
+    record = {"kind": "claim", "name": "x", "holds": True, "detail": "d"}
+    notebook = {"cells": [
+        {"cell_type": "code", "outputs": [{"output_type": "display_data",
+                                           "data": {results.MIME_TYPE: record}}]},
+        {"cell_type": "code", "outputs": [{"output_type": "display_data",
+                                           "data": {results.MIME_TYPE: json.dumps(record)}}]},
+        {"cell_type": "markdown"},
+    ]}
+    assert results.records_in(notebook) == [record, record]
+
+
+def test_time_it_keeps_every_sample():
+    calls = []
+    timing = helpers.time_it(lambda: calls.append(1), repeats=4, warmup=2)
+    assert len(calls) == 6 and len(timing.samples) == 4
+    assert timing.min <= timing.median <= timing.max
+    assert "4 runs" in str(timing)
+
+
+def test_timing_statistics():
+    timing = helpers.Timing((3.0, 1.0, 2.0))
+    assert (timing.min, timing.median, timing.max) == (1.0, 2.0, 3.0)
+    with pytest.raises(ValueError):
+        helpers.time_it(lambda: None, repeats=0)
+
+
+def test_figure_sets_title_and_labels():
+    ax = helpers.figure("Title", "size (MB)", "time (ms)", logx=True)
+    assert (ax.get_title(), ax.get_xlabel(), ax.get_ylabel()) == ("Title", "size (MB)", "time (ms)")
+    assert ax.get_xscale() == "log"
+    with pytest.raises(ValueError, match="title"):
+        helpers.figure("", "x", "y")
+
+
+def test_gpus_to_use_falls_back_to_the_cpu_with_a_warning(monkeypatch):
+    monkeypatch.setattr(gpu, "cuda_gpu_count", lambda: 0)
+    assert gpu.gpus_to_use(False) == 0
+    with pytest.warns(UserWarning, match="no CUDA GPU"):
+        assert gpu.gpus_to_use(True) == 0
+    monkeypatch.setattr(gpu, "cuda_gpu_count", lambda: 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert gpu.gpus_to_use(True) == 1
+
+
+def test_cuda_gpu_count_is_a_count():
+    assert helpers.cuda_gpu_count() >= 0
+
+
+def small_notebook(path, *cells):
+    notebook = nbformat.v4.new_notebook()
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                       "language": "python"}
+    parameters = nbformat.v4.new_code_cell("size = 1\nray_address = None")
+    parameters.metadata["tags"] = ["parameters"]
+    notebook.cells = [parameters, *(nbformat.v4.new_code_cell(c) for c in cells)]
+    nbformat.write(notebook, path)
+    return path
+
+
+def test_an_unknown_parameter_is_an_error_before_anything_runs(tmp_path):
+    notebook = small_notebook(tmp_path / "nb.ipynb", "print(size)")
+    assert declared_parameters(notebook) == {"size": "1", "ray_address": "None"}
+    with pytest.raises(UnknownParameter, match=r"no parameter 'sise'; it takes: ray_address, size"):
+        execute(notebook, tmp_path / "out.ipynb", {"sise": 2})
+    assert not (tmp_path / "out.ipynb").exists()
+
+
+def test_a_failing_cell_is_named(tmp_path):
+    notebook = small_notebook(tmp_path / "nb.ipynb", "x = 1", "raise KeyError('boom')")
+    with pytest.raises(NotebookFailed, match=r"nb.ipynb, cell 4 \(.raise KeyError.*out.ipynb\): KeyError: 'boom'"):
+        execute(notebook, tmp_path / "out.ipynb", {"size": 2})
+
+
+def test_records_come_back_from_an_executed_notebook(tmp_path):
+    notebook = small_notebook(
+        tmp_path / "nb.ipynb",
+        "import helpers\nhelpers.measure('size', size, 'items')\nhelpers.claim('ok', True, 'yes')")
+    result = execute(notebook, tmp_path / "out.ipynb", {"size": 7})
+    assert [m["value"] for m in result.measurements] == [7.0]
+    assert [c["name"] for c in result.claims] == ["ok"]
+
+
+def test_a_failing_cell_stops_the_cluster_it_started(tmp_path, no_leftovers):
+    notebook = small_notebook(
+        tmp_path / "nb.ipynb",
+        "import helpers\ncluster = helpers.start_or_join(ray_address, worker_nodes=1)",
+        "raise RuntimeError('the cell failed')")
+    with pytest.raises(NotebookFailed, match="the cell failed"):
+        execute(notebook, tmp_path / "out.ipynb")
+    # no_leftovers checks that the kernel's exit took the cluster with it.

@@ -1,0 +1,70 @@
+"""The repository's own rules: clean notebooks, one source of dependencies, a book that builds."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+from conftest import ROOT, toc_notebooks
+
+from helpers.run import declared_parameters
+
+ALL_NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+COMMON_PARAMETERS = {"ray_address", "use_gpu", "smoke"}
+
+
+def test_every_notebook_is_in_the_book():
+    assert set(ALL_NOTEBOOKS) == set(toc_notebooks())
+
+
+@pytest.mark.parametrize("notebook", ALL_NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebooks_are_committed_without_outputs(notebook):
+    cells = nbformat.read(notebook, as_version=4).cells
+    with_outputs = [i for i, c in enumerate(cells)
+                    if c.cell_type == "code" and (c.outputs or c.execution_count)]
+    assert not with_outputs, (f"{notebook.name}: cells {with_outputs} carry outputs; "
+                              "clear them before committing")
+
+
+@pytest.mark.parametrize("notebook", ALL_NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebooks_take_the_common_parameters(notebook):
+    missing = COMMON_PARAMETERS - set(declared_parameters(notebook))
+    assert not missing, f"{notebook.name}: its parameters cell lacks {sorted(missing)}"
+
+
+def test_conda_environment_installs_from_pyproject():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    conda = yaml.safe_load((ROOT / "environment.yml").read_text())["dependencies"]
+    pip_entries = next(d["pip"] for d in conda if isinstance(d, dict))
+    assert pip_entries == ["-e .[" + ",".join(sorted(project["optional-dependencies"])) + "]"], \
+        "environment.yml must install the project, with every extra, and nothing else through pip"
+    python = next(d for d in conda if isinstance(d, str) and d.startswith("python="))
+    assert project["requires-python"] == f">={python[7:]},<3.{int(python[9:]) + 1}"
+    conda_names = {d.split("=")[0] for d in conda if isinstance(d, str)}
+    python_names = {r.split("[")[0].split("=")[0].lower()
+                    for r in project["dependencies"]}
+    assert not conda_names & python_names, "a Python package is pinned in both files"
+
+
+def test_ci_runs_the_readme_test_command():
+    assert "exec make test" in (ROOT / ".ci" / "run").read_text()
+    readme = (ROOT / "README.md").read_text()
+    assert "make test" in readme and "make book" in readme
+
+
+@pytest.mark.book
+def test_the_book_builds_with_warnings_as_errors():
+    build = subprocess.run(
+        [str(Path(sys.executable).parent / "jupyter-book"), "build", str(ROOT), "--all",
+         "-W", "-n", "--keep-going"],
+        capture_output=True, text=True, cwd=ROOT, timeout=1800,
+    )
+    assert build.returncode == 0, build.stdout[-4000:] + build.stderr[-4000:]
+    for notebook in toc_notebooks():
+        page = ROOT / "_build" / "html" / notebook.relative_to(ROOT).with_suffix(".html")
+        assert page.exists(), f"{page} was not built"
