@@ -250,7 +250,7 @@ def _start(spec: ClusterSpec) -> LiveCluster:
     cluster = LiveCluster(local.address, spec, local)
     try:
         for _ in range(spec.worker_nodes):
-            local.add_node(**node_args)
+            local.add_node(wait=False, **node_args)  # start them side by side
         local.wait_for_nodes()
         ray.init(address=local.address, _node_ip_address=LOOPBACK)
     except BaseException:
