@@ -117,3 +117,15 @@ def test_a_feasible_request_passes(cluster):
 def test_a_bad_cluster_shape_is_refused():
     with pytest.raises(ValueError, match="object store"):
         helpers.start_or_join(None, object_store_mb=10, quiet=True)
+
+
+def test_an_address_where_nothing_answers_fails_fast():
+    start = time.monotonic()
+    with pytest.raises(ConnectionError, match="No Ray cluster answers at '127.0.0.1:9'"):
+        helpers.start_or_join("127.0.0.1:9", quiet=True)
+    assert time.monotonic() - start < 10, "ray.init would have retried for minutes"
+
+
+def test_shutdown_with_no_cluster_does_nothing():
+    helpers.cluster.shutdown()
+    assert not ray.is_initialized()

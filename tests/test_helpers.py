@@ -10,7 +10,8 @@ import pytest
 
 import helpers
 from helpers import gpu, results
-from helpers.run import NotebookFailed, UnknownParameter, declared_parameters, execute
+from helpers.book import RecordRenderer
+from helpers.run import NotebookFailed, UnknownParameter, declared_parameters, execute, main
 
 
 def test_measure_prints_outside_a_notebook_and_returns_the_value(capsys):
@@ -121,3 +122,17 @@ def test_a_failing_cell_stops_the_cluster_it_started(tmp_path, no_leftovers):
     with pytest.raises(NotebookFailed, match="the cell failed"):
         execute(notebook, tmp_path / "out.ipynb")
     # no_leftovers checks that the kernel's exit took the cluster with it.
+
+
+def test_the_command_line_refuses_an_unknown_parameter(tmp_path, capsys):
+    notebook = small_notebook(tmp_path / "nb.ipynb", "print(size)")
+    assert main([str(notebook), "-o", str(tmp_path / "out.ipynb"), "-p", "sise", "2"]) == 1
+    assert "no parameter 'sise'" in capsys.readouterr().err
+
+
+def test_the_book_renders_records_by_their_text_line():
+    record = type("MimeData", (), {"mime_type": results.MIME_TYPE})()
+    other = type("MimeData", (), {"mime_type": "text/plain"})()
+    assert RecordRenderer.handle_mime(None, record, False) == []
+    assert RecordRenderer.handle_mime(None, other, False) is None
+    assert ("*", results.MIME_TYPE, None) in RecordRenderer.mime_priority_overrides

@@ -41,7 +41,7 @@ def test_notebook(notebook, variant, tmp_path, no_leftovers):
 
 
 @pytest.mark.notebook
-def test_notebook_joins_a_running_cluster(running_cluster, tmp_path):
+def test_notebook_joins_a_running_cluster(running_cluster, tmp_path, monkeypatch):
     notebook = ROOT / "notebooks" / "00_live_cluster.ipynb"
     result = run_checked(notebook, tmp_path / notebook.name,
                          {"smoke": True, "ray_address": running_cluster["address"]})
@@ -49,9 +49,12 @@ def test_notebook_joins_a_running_cluster(running_cluster, tmp_path):
                       for output in cell.get("outputs", []))
     assert f"LiveCluster({running_cluster['address']}, joined)" in printed
     assert re.search(rf"^total\s+{running_cluster['nodes']} nodes", printed, re.MULTILINE)
-    # The notebook's shutdown only disconnected: the cluster is still there.
-    rejoined = helpers.start_or_join(running_cluster["address"], quiet=True)
+    # The notebook's shutdown only disconnected: the cluster is still there,
+    # and RAY_ADDRESS finds it when no address is given.
+    monkeypatch.setenv("RAY_ADDRESS", running_cluster["address"])
+    rejoined = helpers.start_or_join(None, quiet=True)
     try:
+        assert not rejoined.started_here
         assert len(rejoined.nodes()) == running_cluster["nodes"]
     finally:
         rejoined.shutdown()

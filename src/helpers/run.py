@@ -45,14 +45,17 @@ class ExecutedNotebook:
 
     @property
     def records(self) -> list[dict[str, Any]]:
+        """Every measurement and claim, in cell order."""
         return records_in(self.notebook)
 
     @property
     def claims(self) -> list[dict[str, Any]]:
+        """The claims alone."""
         return [r for r in self.records if r["kind"] == "claim"]
 
     @property
     def measurements(self) -> list[dict[str, Any]]:
+        """The measurements alone."""
         return [r for r in self.records if r["kind"] == "measurement"]
 
 
@@ -109,6 +112,7 @@ def _parse_value(text: str) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line: execute one notebook, print its records; 1 on failure."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("notebook", type=Path)
     parser.add_argument("-o", "--output", type=Path, help="where to write the executed copy")

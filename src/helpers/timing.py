@@ -21,14 +21,17 @@ class Timing:
 
     @property
     def median(self) -> float:
+        """The middle sample: what a typical run takes."""
         return statistics.median(self.samples)
 
     @property
     def min(self) -> float:
+        """The fastest sample: the work with the least interference."""
         return min(self.samples)
 
     @property
     def max(self) -> float:
+        """The slowest sample."""
         return max(self.samples)
 
     def __str__(self) -> str:
