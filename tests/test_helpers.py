@@ -14,8 +14,8 @@ from helpers.book import RecordRenderer
 from helpers.run import NotebookFailed, UnknownParameter, declared_parameters, execute, main
 
 
-def test_measure_prints_outside_a_notebook_and_returns_the_value(capsys):
-    assert helpers.measure("latency", 1.5, "ms") == 1.5
+def test_measure_prints_outside_a_notebook(capsys):
+    helpers.measure("latency", 1.5, "ms")
     assert "latency = 1.5 ms" in capsys.readouterr().out
 
 

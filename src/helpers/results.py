@@ -19,15 +19,14 @@ class ClaimFailed(AssertionError):
     """A claim the notebook makes did not hold on this run."""
 
 
-def measure(name: str, value: float, unit: str, *, note: str = "") -> float:
-    """Record a named measurement, show it, and return the value."""
+def measure(name: str, value: float, unit: str, *, note: str = "") -> None:
+    """Record a named measurement and show it."""
     value = float(value)
     if not math.isfinite(value):
         raise ValueError(f"Measurement {name!r} is not a finite number: {value}")
     text = f"measured  {name} = {value:.4g} {unit}" + (f"  ({note})" if note else "")
     _emit({"kind": "measurement", "name": name, "value": value, "unit": unit,
            "note": note}, text)
-    return value
 
 
 def claim(name: str, holds: bool, detail: str) -> None:
