@@ -26,7 +26,16 @@ def our_processes() -> list[psutil.Process]:
     return [psutil.Process(), *psutil.Process().children(recursive=True)]
 
 
-def test_every_listener_is_on_loopback(cluster):
+@pytest.mark.parametrize("dashboard", [False, True], ids=["no-dashboard", "dashboard"])
+def test_every_listener_is_on_loopback(dashboard, no_leftovers):
+    cluster = helpers.start_or_join(None, worker_nodes=1, dashboard=dashboard, quiet=True)
+    try:
+        check_listeners(cluster)
+    finally:
+        cluster.shutdown()
+
+
+def check_listeners(cluster):
     # Run a task on each node so that worker processes are listening too.
     @ray.remote(num_cpus=1)
     def node_id():
