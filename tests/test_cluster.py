@@ -98,6 +98,11 @@ def test_other_arguments_replace_the_cluster(no_leftovers):
         second.shutdown()
 
 
+def test_node_names_put_the_head_first(cluster):
+    names = cluster.node_names()
+    assert [names[n.node_id] for n in cluster.nodes()] == ["head", "worker 1"]
+
+
 def test_the_table_shows_nodes_cpus_gpus_and_store(cluster):
     table = cluster.table()
     assert "object store (MB)" in table

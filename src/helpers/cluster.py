@@ -97,6 +97,11 @@ class LiveCluster:
         ]
         return sorted(infos, key=lambda node: not node.is_head)
 
+    def node_names(self) -> dict[str, str]:
+        """Short names for the live nodes by node id: "head", "worker 1", "worker 2", ..."""
+        return {n.node_id: "head" if n.is_head else f"worker {i}"
+                for i, n in enumerate(self.nodes())}
+
     def table(self) -> str:
         """The nodes as a small text table, with a total line."""
         rows = [
