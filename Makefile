@@ -7,6 +7,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
+# Horovod's wheel is built once per machine and torch version (see scripts/build-horovod-wheel).
+TORCH := $(shell grep -oE 'torch==[0-9.]+' pyproject.toml)
+WHEELS := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/ray-library-patterns/wheels/$(subst ==,-,$(TORCH))
 
 .PHONY: book test clean
 
@@ -16,11 +19,13 @@ book: $(INSTALLED)
 test: $(INSTALLED)
 	$(BIN)/pytest
 
-# Re-installs whenever pyproject.toml changes.
-$(INSTALLED): pyproject.toml
+# Re-installs whenever pyproject.toml changes. VENV may name an existing environment
+# (conda users: make book VENV=$$CONDA_PREFIX).
+$(INSTALLED): pyproject.toml scripts/build-horovod-wheel
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[book,test]'
+	scripts/build-horovod-wheel $(BIN)/python $(WHEELS)
+	$(BIN)/python -m pip install --quiet --find-links $(WHEELS) -e '.[book,test,horovod]'
 	touch $@
 
 clean:

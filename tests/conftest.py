@@ -15,7 +15,9 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-RAY_PROCESS_NAMES = ("gcs_server", "raylet", "ray::", "default_worker", "dashboard", "agent")
+# The last three: Ray's Java workers, RayDP's app master and the Spark driver's JVM.
+RAY_PROCESS_NAMES = ("gcs_server", "raylet", "ray::", "default_worker", "dashboard", "agent",
+                     "io.ray.runtime", "raydp", "SparkSubmit")
 
 
 def toc_notebooks() -> list[Path]:

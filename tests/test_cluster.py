@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import re
 import time
 
@@ -13,6 +12,7 @@ from conftest import ray_processes, shm_files, wait_until_gone
 
 import helpers
 from helpers.cluster import InfeasibleRequest
+from helpers.network import is_loopback
 
 
 @pytest.fixture
@@ -51,16 +51,10 @@ def check_listeners(cluster):
             pass
     assert len(listeners) >= 6, f"expected GCS, raylets and agents listening, found {listeners}"
     exposed = [(name, addr) for name, addr in listeners
-               if not _is_loopback(addr.ip)]
+               if not is_loopback(addr.ip)]
     assert not exposed, f"listening beyond loopback: {exposed}"
     assert {n.address for n in cluster.nodes()} == {"127.0.0.1"}
     assert len(ids) >= 1
-
-
-def _is_loopback(ip: str) -> bool:
-    address = ipaddress.ip_address(ip)
-    mapped = getattr(address, "ipv4_mapped", None)
-    return (mapped or address).is_loopback
 
 
 def test_token_authentication_is_on(cluster):

@@ -1,8 +1,10 @@
-"""The small helpers: results, timing, plots, GPU detection, the notebook runner."""
+"""The small helpers: results, timing, plots, GPU detection, networks, the notebook runner."""
 
 from __future__ import annotations
 
 import json
+import socket
+import time
 import warnings
 
 import nbformat
@@ -10,6 +12,8 @@ import pytest
 
 import helpers
 from helpers import gpu, results
+from helpers.isolated import run_isolated, unavailable_reason
+from helpers.network import exposed, is_loopback, listening_addresses
 from helpers.book import RecordRenderer
 from helpers.run import NotebookFailed, UnknownParameter, declared_parameters, execute, main
 
@@ -55,6 +59,59 @@ def test_timing_statistics():
     assert (timing.min, timing.median, timing.max) == (1.0, 2.0, 3.0)
     with pytest.raises(ValueError):
         helpers.time_it(lambda: None, repeats=0)
+
+
+def test_within_returns_raises_or_gives_up():
+    assert helpers.within(5, "a sum", sum, [1, 2]) == 3
+    with pytest.raises(ZeroDivisionError):
+        helpers.within(5, "a division", lambda: 1 / 0)
+    start = time.perf_counter()
+    with pytest.raises(TimeoutError, match="a long sleep did not finish within 0.2 s"):
+        helpers.within(0.2, "a long sleep", time.sleep, 30)
+    assert time.perf_counter() - start < 5
+
+
+@pytest.mark.parametrize("host, loopback", [
+    ("127.0.0.1", True), ("127.0.0.3", True), ("::1", True), ("::ffff:127.0.0.1", True),
+    ("localhost", True), ("0.0.0.0", False), ("", False), ("::", False), ("192.0.2.2", False),
+])
+def test_is_loopback(host, loopback):
+    assert is_loopback(host) is loopback
+
+
+def test_listening_addresses_sees_a_new_socket():
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        address = server.getsockname()
+        assert address in listening_addresses()
+        assert not exposed(listening_addresses())
+    assert exposed({("0.0.0.0", 80), ("127.0.0.1", 81)}) == {("0.0.0.0", 80)}
+
+
+def _spread_task_addresses() -> list[str]:
+    import ray
+
+    @ray.remote(num_cpus=1)
+    def where() -> str:
+        return ray.util.get_node_ip_address()
+
+    return sorted(ray.get([where.options(scheduling_strategy="SPREAD").remote() for _ in range(3)]))
+
+
+def test_an_isolated_cluster_has_distinct_addresses_and_only_loopback(no_leftovers):
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(f"no isolated cluster on this machine: {reason}")
+    run = run_isolated(_spread_task_addresses, timeout_s=120)
+    assert run.node_addresses == ["127.0.0.1", "127.0.0.2", "127.0.0.3"]
+    assert run.value == run.node_addresses
+    assert run.interfaces == ["lo"]
+
+
+def test_an_isolated_run_reports_the_failure(no_leftovers):
+    if unavailable_reason():
+        pytest.skip(f"no isolated cluster on this machine: {unavailable_reason()}")
+    with pytest.raises(RuntimeError, match="ZeroDivisionError"):
+        run_isolated(lambda: 1 / 0, addresses=("127.0.0.1",), timeout_s=120)
 
 
 def test_figure_sets_title_and_labels():

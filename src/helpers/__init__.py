@@ -2,7 +2,9 @@
 
 * :mod:`helpers.cluster`: start or join a live cluster, check a request fits.
 * :mod:`helpers.results`: record measurements and claims for the tests.
-* :mod:`helpers.timing`: repeat, median, spread.
+* :mod:`helpers.timing`: repeat, median, spread; bound a call that may hang.
+* :mod:`helpers.network`: which addresses a process listens on.
+* :mod:`helpers.isolated`: a multi-address cluster in a private network.
 * :mod:`helpers.plots`: one figure style, titles and units required.
 * :mod:`helpers.gpu`: find a CUDA GPU, fall back to the CPU.
 * :mod:`helpers.run`: execute a notebook with parameters, unattended.
@@ -12,7 +14,7 @@ from helpers.cluster import InfeasibleRequest, LiveCluster, start_or_join
 from helpers.gpu import cuda_gpu_count, gpus_to_use
 from helpers.plots import figure
 from helpers.results import ClaimFailed, claim, measure
-from helpers.timing import Timing, time_it
+from helpers.timing import Timing, time_it, within
 
 __all__ = [
     "ClaimFailed",
@@ -26,4 +28,5 @@ __all__ = [
     "measure",
     "start_or_join",
     "time_it",
+    "within",
 ]

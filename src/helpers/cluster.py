@@ -16,7 +16,6 @@ notebook finished or failed.
 from __future__ import annotations
 
 import atexit
-import ipaddress
 import os
 import secrets
 import socket
@@ -27,6 +26,8 @@ import ray
 from ray._private import ray_constants
 from ray._raylet import AuthenticationTokenLoader, Config
 from ray.cluster_utils import Cluster
+
+from helpers.network import is_loopback
 
 LOOPBACK = "127.0.0.1"
 
@@ -226,7 +227,7 @@ def _join(address: str) -> LiveCluster:
             "GCS address as host:port, e.g. 10.0.0.5:6379, or leave ray_address "
             "and RAY_ADDRESS empty to start a local cluster."
         ) from None
-    _advertise_loopback(_is_loopback(host))
+    _advertise_loopback(is_loopback(host))
     _reload_ray_settings()  # RAY_AUTH_* may have been set after ray was imported
     # An explicit address, always: with none, ray.init attaches to whatever
     # cluster was started last on this machine.
@@ -276,13 +277,6 @@ def _advertise_loopback(loopback: bool) -> None:
     """
     os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = "0" if loopback else "1"
     ray_constants.ENABLE_RAY_CLUSTER = not loopback
-
-
-def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
 
 
 def _require_token() -> None:

@@ -8,6 +8,7 @@ are of it.
 from __future__ import annotations
 
 import statistics
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -51,6 +52,32 @@ def time_it(work: Callable[[], Any], *, repeats: int = 5, warmup: int = 1) -> Ti
         work()
         samples.append(time.perf_counter() - start)
     return Timing(tuple(samples))
+
+
+def within(seconds: float, what: str, work: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Return ``work(*args, **kwargs)``, or raise TimeoutError once ``seconds`` have passed.
+
+    For calls that can wait forever: a JVM that died before it answered, a job
+    waiting for executors that never come. The call is not stopped (Python
+    cannot stop a thread); it is left in a daemon thread, which ends with the
+    process, and the error names ``what`` so the reader knows where it stuck.
+    """
+    outcome: dict[str, Any] = {}
+
+    def call() -> None:
+        try:
+            outcome["value"] = work(*args, **kwargs)
+        except BaseException as error:  # handed to the caller below
+            outcome["error"] = error
+
+    worker = threading.Thread(target=call, name=f"within: {what}", daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive():
+        raise TimeoutError(f"{what} did not finish within {seconds:g} s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
 
 
 def _human(seconds: float) -> str:
