@@ -13,6 +13,7 @@ import pytest
 import helpers
 from helpers import gpu, results
 from helpers.isolated import run_isolated, unavailable_reason
+from helpers.lines import code_lines, integration_lines, package_lines
 from helpers.network import exposed, is_loopback, listening_addresses
 from helpers.book import RecordRenderer
 from helpers.run import NotebookFailed, UnknownParameter, declared_parameters, execute, main
@@ -112,6 +113,30 @@ def test_an_isolated_run_reports_the_failure(no_leftovers):
         pytest.skip(f"no isolated cluster on this machine: {unavailable_reason()}")
     with pytest.raises(RuntimeError, match="ZeroDivisionError"):
         run_isolated(lambda: 1 / 0, addresses=("127.0.0.1",), timeout_s=120)
+
+
+def test_code_lines_skip_blanks_and_comments():
+    assert code_lines("import ray\n\n# a comment\n    # indented comment\nx = 1  # counted\n") == 2
+
+
+def test_integration_lines_count_only_tagged_cells(tmp_path):
+    notebook = nbformat.v4.new_notebook()
+    tagged = nbformat.v4.new_code_cell("import ray\nray.init()\n# why")
+    tagged.metadata["tags"] = ["integration"]
+    notebook.cells = [nbformat.v4.new_code_cell("x = 1\ny = 2"), tagged]
+    path = tmp_path / "n.ipynb"
+    nbformat.write(notebook, path)
+    assert integration_lines(path) == 2
+    notebook.cells = notebook.cells[:1]
+    nbformat.write(notebook, path)
+    with pytest.raises(ValueError, match="no code cell tagged 'integration'"):
+        integration_lines(path)
+
+
+def test_package_lines_of_a_module_and_a_package():
+    assert 0 < package_lines("json.decoder") < package_lines("json")
+    with pytest.raises(ModuleNotFoundError):
+        package_lines("no_such_module_here")
 
 
 def test_figure_sets_title_and_labels():

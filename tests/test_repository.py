@@ -12,6 +12,7 @@ import pytest
 import yaml
 from conftest import ROOT, toc_notebooks
 
+from helpers.lines import integration_lines
 from helpers.run import declared_parameters
 
 ALL_NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -35,6 +36,13 @@ def test_notebooks_are_committed_without_outputs(notebook):
 def test_notebooks_take_the_common_parameters(notebook):
     missing = COMMON_PARAMETERS - set(declared_parameters(notebook))
     assert not missing, f"{notebook.name}: its parameters cell lacks {sorted(missing)}"
+
+
+@pytest.mark.parametrize("notebook", [n for n in ALL_NOTEBOOKS if not n.stem.startswith("0")],
+                         ids=lambda p: p.stem)
+def test_level_notebooks_mark_their_integration_code(notebook):
+    # The level pages count these cells; a chapter without them has no cost to show.
+    assert integration_lines(notebook) > 0
 
 
 def test_conda_environment_leaves_python_packages_to_pyproject():
