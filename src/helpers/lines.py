@@ -37,3 +37,28 @@ def package_lines(module: str) -> int:
     origin = Path(spec.origin)
     files = sorted(origin.parent.rglob("*.py")) if origin.name == "__init__.py" else [origin]
     return sum(code_lines(f.read_text(encoding="utf-8")) for f in files)
+
+
+def integration_table(integrations: list[tuple[str, str, str | None]], notebooks: str | Path):
+    """A table of what each integration costs: our tagged lines, and the library's Ray module.
+
+    ``integrations`` lists (name, notebook file stem, library module for Ray or None).
+    """
+    import pandas as pd
+
+    rows = [(name, integration_lines(Path(notebooks) / f"{stem}.ipynb"),
+             module or "(none: our code is all of it)", package_lines(module) if module else 0)
+            for name, stem, module in integrations]
+    columns = ["integration", "our lines", "library's module for Ray", "its lines"]
+    return pd.DataFrame(rows, columns=columns).set_index("integration")
+
+
+def plot_integration_table(table, level: str) -> None:
+    """Stacked bars: our lines, then the library's module's lines."""
+    from helpers.plots import figure
+
+    ax = figure(f"{level}: lines of code that connect each library to Ray", "lines of code", "integration")
+    ax.barh(table.index, table["our lines"], label="ours, in the notebook")
+    ax.barh(table.index, table["its lines"], left=table["our lines"], label="the library's Ray module")
+    ax.invert_yaxis()
+    ax.legend()
