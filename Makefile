@@ -21,11 +21,13 @@ test: $(INSTALLED)
 
 # Re-installs whenever pyproject.toml changes. VENV may name an existing environment
 # (conda users: make book VENV=$$CONDA_PREFIX).
-$(INSTALLED): pyproject.toml scripts/build-horovod-wheel
+$(INSTALLED): pyproject.toml scripts/build-horovod-wheel scripts/make-kernel-env
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	scripts/build-horovod-wheel $(BIN)/python $(WHEELS)
 	$(BIN)/python -m pip install --quiet --find-links $(WHEELS) -e '.[book,test,horovod]'
+	# The Alibi notebook's own environment and kernel (numpy < 2): .venv-alibi
+	scripts/make-kernel-env alibi $(PYTHON) $(BIN)/python
 	touch $@
 
 clean:

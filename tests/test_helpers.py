@@ -16,7 +16,7 @@ from helpers.isolated import run_isolated, unavailable_reason
 from helpers.lines import code_lines, integration_lines, package_lines
 from helpers.network import exposed, is_loopback, listening_addresses
 from helpers.book import RecordRenderer
-from helpers.run import NotebookFailed, UnknownParameter, declared_parameters, execute, main
+from helpers.run import MissingKernel, NotebookFailed, UnknownParameter, declared_parameters, execute, main
 
 
 def test_measure_prints_outside_a_notebook(capsys):
@@ -179,6 +179,16 @@ def test_an_unknown_parameter_is_an_error_before_anything_runs(tmp_path):
     with pytest.raises(UnknownParameter, match=r"no parameter 'sise'; it takes: ray_address, size"):
         execute(notebook, tmp_path / "out.ipynb", {"sise": 2})
     assert not (tmp_path / "out.ipynb").exists()
+
+
+def test_a_missing_kernel_is_an_error_that_says_what_to_do(tmp_path):
+    notebook = nbformat.v4.new_notebook()
+    notebook.metadata["kernelspec"] = {"name": "no-such-kernel-here", "display_name": "x", "language": "python"}
+    notebook.cells = [nbformat.v4.new_code_cell("x = 1")]
+    path = tmp_path / "n.ipynb"
+    nbformat.write(notebook, path)
+    with pytest.raises(MissingKernel, match="'no-such-kernel-here' is not installed.*make test"):
+        execute(path, tmp_path / "out.ipynb")
 
 
 def test_a_failing_cell_is_named(tmp_path):

@@ -21,6 +21,7 @@ from typing import Any
 
 import nbformat
 import papermill
+from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 
 from helpers.results import records_in
 
@@ -33,6 +34,10 @@ class UnknownParameter(ValueError):
 
 class NotebookFailed(RuntimeError):
     """A cell raised; the message names the notebook, the cell and the error."""
+
+
+class MissingKernel(RuntimeError):
+    """The notebook asks for a Jupyter kernel that this machine does not have."""
 
 
 @dataclass
@@ -76,8 +81,8 @@ def execute(
     """Run ``notebook`` top to bottom with ``parameters``, writing it to ``output``.
 
     Raises :class:`UnknownParameter` before running if a parameter is not
-    declared, and :class:`NotebookFailed` if a cell raises (a failed claim
-    included).
+    declared, :class:`MissingKernel` if the notebook's kernel is not installed,
+    and :class:`NotebookFailed` if a cell raises (a failed claim included).
     """
     notebook, output, parameters = Path(notebook), Path(output), parameters or {}
     declared = declared_parameters(notebook)
@@ -87,6 +92,7 @@ def execute(
             f"{notebook.name} has no parameter {', '.join(map(repr, unknown))}; "
             f"it takes: {', '.join(sorted(declared))}."
         )
+    _require_kernel(kernel or nbformat.read(notebook, as_version=4).metadata["kernelspec"]["name"])
     output.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     try:
@@ -102,6 +108,17 @@ def execute(
         ) from None
     seconds = time.perf_counter() - start
     return ExecutedNotebook(output, nbformat.read(output, as_version=4), seconds)
+
+
+def _require_kernel(name: str) -> None:
+    """Fail with the way out when a notebook's Jupyter kernel is not installed."""
+    try:
+        KernelSpecManager().get_kernel_spec(name)
+    except NoSuchKernel:
+        raise MissingKernel(
+            f"The Jupyter kernel {name!r} is not installed. Notebooks that need an environment "
+            "of their own get it from the set-up: run `make test` or `make book` once."
+        ) from None
 
 
 def _parse_value(text: str) -> Any:
@@ -123,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     parameters = {name: _parse_value(value) for name, value in args.parameter}
     try:
         result = execute(args.notebook, output, parameters)
-    except (UnknownParameter, NotebookFailed) as error:
+    except (UnknownParameter, MissingKernel, NotebookFailed) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     for record in result.records:
