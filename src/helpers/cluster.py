@@ -150,6 +150,20 @@ class LiveCluster:
             "workers, or start the cluster with more nodes (worker_nodes=...)."
         )
 
+    def kill_node(self, node_id: str) -> None:
+        """Kill every process of a worker node, as a crashed machine would lose them.
+
+        Only for a cluster started here: the notebooks never kill a node of
+        a cluster they joined.
+        """
+        if self._local is None:
+            raise InfeasibleRequest("kill_node works only on a cluster this process started, "
+                                    "not on one it joined.")
+        node = next((n for n in self._local.worker_nodes if n.node_id == node_id), None)
+        if node is None:
+            raise ValueError(f"{node_id[:8]} is not a live worker node of this cluster")
+        self._local.remove_node(node, allow_graceful=False)
+
     def shutdown(self) -> None:
         """Disconnect; and if this process started the cluster, stop every process of it."""
         global _current
