@@ -12,7 +12,7 @@ from conftest import ray_processes, shm_files, wait_until_gone
 
 import helpers
 from helpers.cluster import InfeasibleRequest
-from helpers.network import is_loopback
+from helpers.network import is_loopback, listening_addresses
 
 
 @pytest.fixture
@@ -45,13 +45,11 @@ def check_listeners(cluster):
     listeners = []
     for proc in our_processes():
         try:
-            listeners += [(proc.name(), c.laddr) for c in proc.net_connections("inet")
-                          if c.status == psutil.CONN_LISTEN]
+            listeners += [(proc.name(), address) for address in listening_addresses(proc.pid)]
         except psutil.NoSuchProcess:
             pass
     assert len(listeners) >= 6, f"expected GCS, raylets and agents listening, found {listeners}"
-    exposed = [(name, addr) for name, addr in listeners
-               if not is_loopback(addr.ip)]
+    exposed = [(name, (ip, port)) for name, (ip, port) in listeners if not is_loopback(ip)]
     assert not exposed, f"listening beyond loopback: {exposed}"
     assert {n.address for n in cluster.nodes()} == {"127.0.0.1"}
     assert len(ids) >= 1
