@@ -8,11 +8,22 @@ library to Ray, as opposed to the model, the data and the checks.
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 
 import nbformat
 
 INTEGRATION_TAG = "integration"
+
+# What an integration asks of Ray, recognised by the names of the Ray APIs its code calls.
+RAY_FEATURES = {
+    "tasks": re.compile(r"@ray\.remote\b[^\n]*\n\s*(async\s+)?def\s|\bray\.remote\([^)]*\)\(\s*[a-z_]"
+                        r"|\bray\.remote\(\s*[a-z_]\w*\s*\)"),
+    "actors": re.compile(r"@ray\.remote\b[^\n]*\n\s*class\s|\bray\.remote\([^)]*\)\(\s*[A-Z_]"
+                         r"|\bray\.remote\(\s*[A-Z_]\w*\s*\)|\bActorPool\b|\bray\.get_actor\("),
+    "placement groups": re.compile(r"\bplacement_group\(|\bPlacementGroupSchedulingStrategy\b"),
+    "object store": re.compile(r"\bray\.put\(|\bObjectRef\b"),
+}
 
 
 def code_lines(source: str) -> int:
@@ -20,23 +31,38 @@ def code_lines(source: str) -> int:
     return sum(1 for line in source.splitlines() if line.strip() and not line.strip().startswith("#"))
 
 
-def integration_lines(notebook: str | Path) -> int:
-    """Lines of code in the notebook's cells tagged ``integration``."""
+def integration_source(notebook: str | Path) -> str:
+    """The code of the notebook's cells tagged ``integration``, joined."""
     cells = nbformat.read(notebook, as_version=4).cells
-    tagged = [c for c in cells if c.cell_type == "code" and INTEGRATION_TAG in c.metadata.get("tags", [])]
+    tagged = [c.source for c in cells if c.cell_type == "code" and INTEGRATION_TAG in c.metadata.get("tags", [])]
     if not tagged:
         raise ValueError(f"{notebook} has no code cell tagged {INTEGRATION_TAG!r}")
-    return sum(code_lines(c.source) for c in tagged)
+    return "\n".join(tagged)
 
 
-def package_lines(module: str) -> int:
-    """Lines of Python in an installed module, or in every file of an installed package."""
+def integration_lines(notebook: str | Path) -> int:
+    """Lines of code in the notebook's cells tagged ``integration``."""
+    return code_lines(integration_source(notebook))
+
+
+def package_source(module: str) -> str:
+    """The Python source of an installed module, or of every file of an installed package."""
     spec = importlib.util.find_spec(module)
     if spec is None or spec.origin is None:
         raise ModuleNotFoundError(f"{module} is not installed")
     origin = Path(spec.origin)
     files = sorted(origin.parent.rglob("*.py")) if origin.name == "__init__.py" else [origin]
-    return sum(code_lines(f.read_text(encoding="utf-8")) for f in files)
+    return "\n".join(f.read_text(encoding="utf-8") for f in files)
+
+
+def package_lines(module: str) -> int:
+    """Lines of Python in an installed module, or in every file of an installed package."""
+    return code_lines(package_source(module))
+
+
+def ray_features(source: str) -> list[str]:
+    """The Ray features (tasks, actors, placement groups, object store) that ``source`` calls by name."""
+    return [feature for feature, pattern in RAY_FEATURES.items() if pattern.search(source)]
 
 
 def integration_table(integrations: list[tuple[str, str, str | None]], notebooks: str | Path):
