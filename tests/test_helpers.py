@@ -6,6 +6,7 @@ import json
 import socket
 import time
 import warnings
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -13,7 +14,8 @@ import pytest
 import helpers
 from helpers import gpu, results
 from helpers.isolated import run_isolated, unavailable_reason
-from helpers.lines import code_lines, integration_lines, package_lines
+from helpers.ledger import Chapter, toc_notebooks
+from helpers.lines import code_lines, integration_lines, package_lines, ray_features
 from helpers.network import exposed, is_loopback, listening_addresses
 from helpers.book import RecordRenderer
 from helpers.run import MissingKernel, NotebookFailed, UnknownParameter, declared_parameters, execute, main
@@ -137,6 +139,40 @@ def test_package_lines_of_a_module_and_a_package():
     assert 0 < package_lines("json.decoder") < package_lines("json")
     with pytest.raises(ModuleNotFoundError):
         package_lines("no_such_module_here")
+
+
+@pytest.mark.parametrize(("source", "features"), [
+    ("@ray.remote\ndef f(): ...", ["tasks"]),
+    ("@ray.remote(num_cpus=0)\nclass Keeper: ...", ["actors"]),
+    ("Worker = ray.remote(num_cpus=1)(Trainer)\nstep = ray.remote(train_step)", ["tasks", "actors"]),
+    ("group = placement_group([{'CPU': 1}] * 2)", ["placement groups"]),
+    ("ref = ray.put(table)", ["object store"]),
+    ("ray.init()\nray.get(handle.call.remote())", []),
+])
+def test_ray_features_are_found_by_api_name(source, features):
+    assert ray_features(source) == features
+
+
+def test_the_ledger_lists_the_toc_notebooks_in_order(tmp_path):
+    toc = tmp_path / "_toc.yml"
+    toc.write_text("root: book/intro\nparts:\n  - chapters:\n      - file: book/level1\n"
+                   "      - file: notebooks/10_a\n      - file: notebooks/20_b.ipynb\n")
+    assert toc_notebooks(toc) == [tmp_path / "notebooks/10_a.ipynb", tmp_path / "notebooks/20_b.ipynb"]
+
+
+def test_a_ledger_chapter_shows_measurements_claims_and_machine():
+    records = [
+        {"kind": "machine", "cpus": 2, "memory_gib": 23.5, "gpus": 0.0, "ray_version": "2.60.0",
+         "cluster": "started here, 3 nodes"},
+        {"kind": "measurement", "name": "ray.put", "value": 2.5, "unit": "GB/s", "note": "",
+         "compared_to": "memcpy"},
+        {"kind": "claim", "name": "fast", "holds": True, "detail": "2.5 GB/s"},
+    ]
+    chapter = Chapter(Path("n.ipynb"), "N", None, records)
+    assert chapter.machine() == "2 CPUs, 23.5 GiB, no GPU, Ray 2.60.0; cluster started here, 3 nodes"
+    table = chapter.table()
+    assert table["result"].tolist() == ["2.5 GB/s", "holds"]
+    assert table["compared to"].tolist() == ["memcpy", ""]
 
 
 def test_figure_sets_title_and_labels():

@@ -76,3 +76,7 @@ def test_the_book_builds_with_warnings_as_errors():
     for notebook in toc_notebooks():
         page = ROOT / "_build" / "html" / notebook.relative_to(ROOT).with_suffix(".html")
         assert page.exists(), f"{page} was not built"
+    # The ledger is read last, so it sees this build's execution of every notebook.
+    ledger = (ROOT / "_build" / "html" / "book" / "ledger.html").read_text(encoding="utf-8")
+    count = len(toc_notebooks())
+    assert f"{count} of {count} notebooks executed" in ledger and ", 0 failed." in ledger

@@ -1,10 +1,15 @@
-"""How the rendered book shows a record: by its plain-text line.
+"""Two hooks into the book's build.
 
-Jupyter Book (through myst-nb) renders every MIME type in an output before it
-picks one, and warns about types it does not know; the book is built with
-warnings as errors. This plugin, registered in pyproject.toml under
-``myst_nb.mime_renderers``, claims the record type and ranks it out, so the
-page shows the record's "measured ..." or "claim holds ..." line.
+* How a record is shown: by its plain-text line. Jupyter Book (through
+  myst-nb) renders every MIME type in an output before it picks one, and warns
+  about types it does not know; the book is built with warnings as errors.
+  :class:`RecordRenderer`, registered in pyproject.toml under
+  ``myst_nb.mime_renderers``, claims the record type and ranks it out, so the
+  page shows the record's "measured ..." or "claim holds ..." line.
+* When the results ledger is read: last, on every build. The ledger page
+  reads every notebook's latest execution from the cache, so it must come
+  after them. :func:`setup` makes this module a Sphinx extension
+  (``_config.yml`` lists it) that re-reads the page each build, at the end.
 """
 
 from __future__ import annotations
@@ -23,3 +28,23 @@ class RecordRenderer:
     def handle_mime(renderer: Any, data: Any, inline: bool) -> list | None:
         """Render the JSON record as nothing; None leaves other types to myst-nb."""
         return [] if data.mime_type == MIME_TYPE else None
+
+
+LEDGER = "book/ledger"
+
+
+def setup(app: Any) -> dict[str, Any]:
+    """Register the ledger's ordering with Sphinx."""
+    app.connect("env-get-outdated", _ledger_is_always_outdated)
+    app.connect("env-before-read-docs", _read_ledger_last)
+    return {"parallel_read_safe": False, "parallel_write_safe": True}
+
+
+def _ledger_is_always_outdated(app: Any, env: Any, added: set, changed: set, removed: set) -> list[str]:
+    return [LEDGER] if LEDGER in env.found_docs else []
+
+
+def _read_ledger_last(app: Any, env: Any, docnames: list[str]) -> None:
+    if LEDGER in docnames:
+        docnames.remove(LEDGER)
+        docnames.append(LEDGER)

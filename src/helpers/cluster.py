@@ -22,12 +22,14 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
+import psutil
 import ray
 from ray._private import ray_constants
 from ray._raylet import AuthenticationTokenLoader, Config
 from ray.cluster_utils import Cluster
 
 from helpers.network import is_loopback
+from helpers.results import machine
 
 LOOPBACK = "127.0.0.1"
 
@@ -198,7 +200,11 @@ def start_or_join(
     dashboard: bool = False,
     quiet: bool = False,
 ) -> LiveCluster:
-    """Connect this process to a Ray cluster and print what it has.
+    """Connect this process to a Ray cluster, print what it has and record the machine.
+
+    The machine record (CPUs, memory, GPUs, Ray's version, started or joined)
+    is what the results ledger shows beside the notebook's figures; ``quiet``
+    leaves out both the printout and the record.
 
     With ``ray_address`` (or ``RAY_ADDRESS`` in the environment) it joins that
     cluster; the sizing arguments are then ignored. Otherwise it starts a
@@ -227,6 +233,10 @@ def start_or_join(
     _current = cluster
     if not quiet:
         print(f"{cluster!r}\n{cluster.table()}")
+        nodes = cluster.nodes()
+        machine(cpus=os.cpu_count() or 0, memory_gib=psutil.virtual_memory().total / 2**30,
+                gpus=sum(n.gpus for n in nodes), ray_version=ray.__version__,
+                cluster=f"{'started here' if cluster.started_here else 'joined'}, {len(nodes)} nodes")
     return cluster
 
 

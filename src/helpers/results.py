@@ -19,14 +19,28 @@ class ClaimFailed(AssertionError):
     """A claim the notebook makes did not hold on this run."""
 
 
-def measure(name: str, value: float, unit: str, *, note: str = "") -> None:
-    """Record a named measurement and show it."""
+def measure(name: str, value: float, unit: str, *, note: str = "", compared_to: str = "") -> None:
+    """Record a named measurement and show it.
+
+    ``compared_to`` names the reference it is set against, where there is one:
+    another measurement of the same run ("memcpy throughput"), or a baseline
+    ("pandas"). The results ledger shows it beside the value.
+    """
     value = float(value)
     if not math.isfinite(value):
         raise ValueError(f"Measurement {name!r} is not a finite number: {value}")
-    text = f"measured  {name} = {value:.4g} {unit}" + (f"  ({note})" if note else "")
+    text = (f"measured  {name} = {value:.4g} {unit}" + (f"  ({note})" if note else "")
+            + (f"  [against {compared_to}]" if compared_to else ""))
     _emit({"kind": "measurement", "name": name, "value": value, "unit": unit,
-           "note": note}, text)
+           "note": note, "compared_to": compared_to}, text)
+
+
+def machine(*, cpus: int, memory_gib: float, gpus: float, ray_version: str, cluster: str) -> None:
+    """Record what the notebook ran on: the machine, and the cluster it started or joined."""
+    text = (f"machine  {cpus} CPUs, {memory_gib:.1f} GiB, Ray {ray_version}; "
+            f"cluster {cluster}, {gpus:g} GPUs")
+    _emit({"kind": "machine", "cpus": cpus, "memory_gib": memory_gib, "gpus": gpus,
+           "ray_version": ray_version, "cluster": cluster}, text)
 
 
 def claim(name: str, holds: bool, detail: str) -> None:

@@ -1,0 +1,83 @@
+"""The results ledger: what every notebook measured and claimed in the book's latest execution.
+
+``make book`` executes each notebook and keeps the executed copy in Jupyter
+Book's cache (``_build/.jupyter_cache``) until the notebook changes. The
+ledger reads the records (see :mod:`helpers.results`) back from there, so a
+reader who builds the book gets the figures of their own machine.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import nbformat
+from jupyter_cache import get_cache
+
+from helpers.results import records_in
+
+
+@dataclass(frozen=True)
+class Chapter:
+    """One notebook's latest execution, or None for one not executed yet."""
+
+    notebook: Path
+    title: str
+    executed: datetime | None
+    records: list[dict[str, Any]]
+
+    def machine(self) -> str:
+        """What it ran on, in words, from the notebook's own machine record."""
+        found = [r for r in self.records if r["kind"] == "machine"]
+        if not found:
+            return "machine not recorded"
+        m = found[0]
+        gpus = f"{m['gpus']:g} GPUs" if m["gpus"] else "no GPU"
+        return (f"{m['cpus']} CPUs, {m['memory_gib']:.1f} GiB, {gpus}, Ray {m['ray_version']}; "
+                f"cluster {m['cluster']}")
+
+    def table(self):
+        """Measurements and claims, one row each, in the order the notebook made them."""
+        import pandas as pd
+
+        rows = []
+        for r in self.records:
+            if r["kind"] == "measurement":
+                rows.append(("measured", r["name"], f"{r['value']:.4g} {r['unit']}",
+                             r.get("compared_to", ""), r["note"]))
+            elif r["kind"] == "claim":
+                rows.append(("claim", r["name"], "holds" if r["holds"] else "FAILED", "", r["detail"]))
+        columns = ["kind", "what", "result", "compared to", "detail"]
+        return pd.DataFrame(rows, columns=columns)
+
+
+def toc_notebooks(toc: Path) -> list[Path]:
+    """The notebooks ``_toc.yml`` lists, in reading order."""
+    files = re.findall(r"^\s*-\s*file:\s*(notebooks/\S+)\s*$", toc.read_text(encoding="utf-8"), re.M)
+    return [toc.parent / f"{f.removesuffix('.ipynb')}.ipynb" for f in files]
+
+
+def chapters(toc: Path, cache_path: Path) -> list[Chapter]:
+    """Every notebook of the book with the records of its latest cached execution."""
+    cache = get_cache(str(cache_path))
+    found = []
+    for notebook in toc_notebooks(toc):
+        title = _title(notebook)
+        try:
+            record = cache.match_cache_file(str(notebook))
+        except KeyError:  # changed since it last ran, or never ran
+            found.append(Chapter(notebook, title, None, []))
+            continue
+        executed = cache.get_cache_bundle(record.pk).nb
+        found.append(Chapter(notebook, title, record.created, records_in(executed)))
+    return found
+
+
+def _title(notebook: Path) -> str:
+    for cell in nbformat.read(notebook, as_version=4).cells:
+        if cell.cell_type == "markdown" and cell.source.startswith("# "):
+            return cell.source.splitlines()[0][2:].strip()
+    return notebook.stem
