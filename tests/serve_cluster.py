@@ -6,7 +6,9 @@ import sys
 
 import helpers
 
-cluster = helpers.start_or_join(None, worker_nodes=1, quiet=True)
+# Shaped as the notebooks shape their own (three nodes), with the dashboard, which the
+# state API needs, as a reader's cluster would have it.
+cluster = helpers.start_or_join(None, worker_nodes=2, dashboard=True, quiet=True)
 print(json.dumps({"address": cluster.address, "nodes": len(cluster.nodes())}), flush=True)
 sys.stdin.read()
 cluster.shutdown()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from conftest import ROOT, toc_notebooks
+from conftest import toc_notebooks
 
 import helpers
 from helpers.gpu import cuda_gpu_count
@@ -41,8 +41,9 @@ def test_notebook(notebook, variant, tmp_path, no_leftovers):
 
 
 @pytest.mark.notebook
-def test_notebook_joins_a_running_cluster(running_cluster, tmp_path, monkeypatch):
-    notebook = ROOT / "notebooks" / "00_live_cluster.ipynb"
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_joins_a_running_cluster(notebook, running_cluster, tmp_path, monkeypatch):
+    """The whole book again, on a cluster it did not start: the stand-in for a reader's own."""
     result = run_checked(notebook, tmp_path / notebook.name,
                          {"smoke": True, "ray_address": running_cluster["address"]})
     printed = "".join(output.get("text", "") for cell in result.notebook["cells"]

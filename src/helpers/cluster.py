@@ -198,6 +198,7 @@ def start_or_join(
     gpus_per_node: int = 0,
     object_store_mb: int = 200,
     dashboard: bool = False,
+    runtime_env: dict[str, Any] | None = None,
     quiet: bool = False,
 ) -> LiveCluster:
     """Connect this process to a Ray cluster, print what it has and record the machine.
@@ -211,6 +212,9 @@ def start_or_join(
     local cluster of a head and ``worker_nodes`` worker nodes, each with
     ``cpus_per_node`` CPUs, ``gpus_per_node`` GPUs and an object store of
     ``object_store_mb`` MB, listening on 127.0.0.1 only.
+
+    ``runtime_env`` is Ray's, for what this notebook's workers need that the
+    cluster's own set-up may lack (a Python environment of their own, say).
 
     Calling it again with the same arguments returns the cluster already
     running (a setup cell may be re-run); with other arguments it stops that
@@ -229,7 +233,7 @@ def start_or_join(
             return _current
         _current.shutdown()
 
-    cluster = _join(address) if address else _start(spec)
+    cluster = _join(address, runtime_env) if address else _start(spec, runtime_env)
     _current = cluster
     if not quiet:
         print(f"{cluster!r}\n{cluster.table()}")
@@ -240,7 +244,7 @@ def start_or_join(
     return cluster
 
 
-def _join(address: str) -> LiveCluster:
+def _join(address: str, runtime_env: dict[str, Any] | None) -> LiveCluster:
     host, _, port = address.rpartition(":")
     try:
         socket.create_connection((host, int(port)), timeout=5).close()
@@ -255,11 +259,11 @@ def _join(address: str) -> LiveCluster:
     _reload_ray_settings()  # RAY_AUTH_* may have been set after ray was imported
     # An explicit address, always: with none, ray.init attaches to whatever
     # cluster was started last on this machine.
-    ray.init(address=address)
+    ray.init(address=address, runtime_env=runtime_env)
     return LiveCluster(address, spec=None, local=None)
 
 
-def _start(spec: ClusterSpec) -> LiveCluster:
+def _start(spec: ClusterSpec, runtime_env: dict[str, Any] | None) -> LiveCluster:
     _advertise_loopback(True)
     _require_token()
     node_args = dict(
@@ -282,7 +286,7 @@ def _start(spec: ClusterSpec) -> LiveCluster:
         for _ in range(spec.worker_nodes):
             local.add_node(wait=False, **node_args)  # start them side by side
         local.wait_for_nodes()
-        ray.init(address=local.address, _node_ip_address=LOOPBACK)
+        ray.init(address=local.address, _node_ip_address=LOOPBACK, runtime_env=runtime_env)
     except BaseException:
         cluster.shutdown()
         raise
