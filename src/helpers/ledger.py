@@ -22,7 +22,7 @@ from helpers.results import records_in
 
 @dataclass(frozen=True)
 class Chapter:
-    """One notebook's latest execution, or None for one not executed yet."""
+    """One notebook and the records of its latest execution (``executed`` is None if it has none)."""
 
     notebook: Path
     title: str
