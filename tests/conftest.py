@@ -12,7 +12,8 @@ from pathlib import Path
 
 import psutil
 import pytest
-import yaml
+
+from helpers import ledger
 
 ROOT = Path(__file__).resolve().parent.parent
 # The last three: Ray's Java workers, RayDP's app master and the Spark driver's JVM.
@@ -22,14 +23,7 @@ RAY_PROCESS_NAMES = ("gcs_server", "raylet", "ray::", "default_worker", "dashboa
 
 def toc_notebooks() -> list[Path]:
     """Every notebook the table of contents lists, in reading order."""
-    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
-    files = [toc["root"]]
-    stack = list(toc.get("chapters", [])) + [c for p in toc.get("parts", []) for c in p["chapters"]]
-    while stack:
-        entry = stack.pop(0)
-        files.append(entry["file"])
-        stack[:0] = entry.get("sections", [])
-    return [ROOT / f"{f}.ipynb" for f in files if (ROOT / f"{f}.ipynb").exists()]
+    return [path for path in ledger.toc_notebooks(ROOT / "_toc.yml") if path.exists()]
 
 
 def ray_processes() -> set[int]:

@@ -8,13 +8,13 @@ reader who builds the book gets the figures of their own machine.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import nbformat
+import yaml
 from jupyter_cache import get_cache
 
 from helpers.results import records_in
@@ -55,9 +55,15 @@ class Chapter:
 
 
 def toc_notebooks(toc: Path) -> list[Path]:
-    """The notebooks ``_toc.yml`` lists, in reading order."""
-    files = re.findall(r"^\s*-\s*file:\s*(notebooks/\S+)\s*$", toc.read_text(encoding="utf-8"), re.M)
-    return [toc.parent / f"{f.removesuffix('.ipynb')}.ipynb" for f in files]
+    """The notebooks (files under ``notebooks/``) that ``_toc.yml`` lists, in reading order."""
+    book = yaml.safe_load(toc.read_text(encoding="utf-8"))
+    files = [book["root"]]
+    stack = list(book.get("chapters", [])) + [c for p in book.get("parts", []) for c in p["chapters"]]
+    while stack:
+        entry = stack.pop(0)
+        files.append(entry["file"])
+        stack[:0] = entry.get("sections", [])
+    return [toc.parent / f"{f.removesuffix('.ipynb')}.ipynb" for f in files if f.startswith("notebooks/")]
 
 
 def chapters(toc: Path, cache_path: Path) -> list[Chapter]:
