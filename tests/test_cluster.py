@@ -1,10 +1,11 @@
-"""helpers.cluster: loopback only, nothing left behind, idempotent, fails fast."""
+"""helpers.cluster: loopback only, nothing left behind, idempotent, fails fast; helpers.store counts."""
 
 from __future__ import annotations
 
 import re
 import time
 
+import numpy as np
 import psutil
 import pytest
 import ray
@@ -13,6 +14,7 @@ from conftest import ray_processes, shm_files, wait_until_gone
 import helpers
 from helpers.cluster import InfeasibleRequest
 from helpers.network import is_loopback, listening_addresses
+from helpers.store import objects_created_by
 
 
 @pytest.fixture
@@ -135,3 +137,15 @@ def test_an_address_where_nothing_answers_fails_fast():
 def test_shutdown_with_no_cluster_does_nothing():
     helpers.cluster.shutdown()
     assert not ray.is_initialized()
+
+
+def test_a_large_argument_is_stored_once_per_call_and_a_reference_never(cluster):
+    @ray.remote
+    def length(array, *not_before):
+        return len(array)
+
+    array = np.zeros(200_000)  # 1.6 MB: over the 100 KiB that Ray passes inline
+    by_value, lengths = objects_created_by(lambda closed: [length.remote(array, closed) for _ in range(3)])
+    reference = ray.put(array)
+    by_reference, _ = objects_created_by(lambda closed: [length.remote(reference, closed) for _ in range(3)])
+    assert (by_value, by_reference, lengths) == (3, 0, [200_000] * 3)

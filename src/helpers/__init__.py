@@ -3,6 +3,7 @@
 * :mod:`helpers.cluster`: start or join a live cluster, check a request fits.
 * :mod:`helpers.results`: record measurements and claims for the tests.
 * :mod:`helpers.timing`: repeat, median, spread; bound a call that may hang.
+* :mod:`helpers.store`: count the objects that calls put into the store.
 * :mod:`helpers.network`: which addresses a process listens on.
 * :mod:`helpers.isolated`: a multi-address cluster in a private network.
 * :mod:`helpers.plots`: one figure style, titles and units required.

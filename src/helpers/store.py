@@ -1,0 +1,54 @@
+"""Count the objects that Ray calls put into the object store.
+
+An argument larger than 100 KiB passed by value becomes an object of its
+own, one per call, owned by the driver and freed as soon as the call is
+done. To count those objects we hold the calls back behind a closed gate
+(an actor call that does not return until we open it), count what the
+driver came to own, and open the gate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Callable
+
+import ray
+# Private, but Ray has no public way to list the references a driver holds.
+from ray._private.worker import global_worker
+
+
+def owned_objects() -> set:
+    """The IDs of the objects this driver holds references to."""
+    return set(global_worker.core_worker.get_all_reference_counts())
+
+
+@ray.remote(num_cpus=0)
+class _Gate:
+    def __init__(self) -> None:
+        self.opened = asyncio.Event()
+
+    async def wait(self) -> None:
+        await self.opened.wait()
+
+    async def open(self) -> None:
+        self.opened.set()
+
+
+def objects_created_by(submit: Callable[[ray.ObjectRef], list[ray.ObjectRef]]) -> tuple[int, list[Any]]:
+    """Count the objects that ``submit``'s calls create, then return the calls' results.
+
+    ``submit`` receives a reference that is not ready until the count is
+    taken. Each call must take it as an extra argument: Ray runs no call
+    before its arguments are ready, so none can finish and free its objects
+    early. The calls' own results are not counted.
+    """
+    gate = _Gate.remote()
+    closed = gate.wait.remote()
+    before = owned_objects()
+    pending = submit(closed)
+    # Objects freed meanwhile leave `before`; they do not count against the new ones.
+    created = len(owned_objects() - before) - len(pending)
+    ray.get(gate.open.remote())
+    results = ray.get(pending)
+    ray.kill(gate)
+    return created, results
