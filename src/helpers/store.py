@@ -1,4 +1,4 @@
-"""Count the objects that Ray calls put into the object store.
+"""Count what the object store holds and what it spilled.
 
 An argument larger than 100 KiB passed by value becomes an object of its
 own, one per call, owned by the driver and freed as soon as the call is
@@ -10,10 +10,13 @@ driver came to own, and open the gate.
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any, Callable
 
 import ray
-# Private, but Ray has no public way to list the references a driver holds.
+# Private, but Ray has no public way to list the references a driver holds
+# or to read the store's spill counters.
+from ray._private.internal_api import memory_summary
 from ray._private.worker import global_worker
 
 
@@ -52,3 +55,14 @@ def objects_created_by(submit: Callable[[ray.ObjectRef], list[ray.ObjectRef]]) -
     results = ray.get(pending)
     ray.kill(gate)
     return created, results
+
+
+def spill_counters(address: str) -> dict[str, float]:
+    """MiB and objects spilled to disk and restored so far, cluster-wide; 0 when none."""
+    text = memory_summary(address=address, stats_only=True)
+    found = {}
+    for kind in ("Spilled", "Restored"):
+        match = re.search(rf"{kind} (\d+) MiB, (\d+) objects", text)
+        found[f"{kind.lower()} MiB"] = float(match.group(1)) if match else 0.0
+        found[f"{kind.lower()} objects"] = float(match.group(2)) if match else 0.0
+    return found
