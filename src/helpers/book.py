@@ -1,4 +1,4 @@
-"""Two hooks into the book's build.
+"""Three hooks into the book's build.
 
 * How a record is shown: by its plain-text line. Jupyter Book (through
   myst-nb) renders every MIME type in an output before it picks one, and warns
@@ -10,6 +10,10 @@
   reads every notebook's latest execution from the cache, so it must come
   after them. :func:`setup` makes this module a Sphinx extension
   (``_config.yml`` lists it) that re-reads the page each build, at the end.
+* Each script once per page. sphinx-thebe, as Jupyter Book 1 sets it up,
+  adds its configuration script twice, and the second ``const THEBE_JS_URL``
+  is a SyntaxError in the console of every page. :func:`_each_script_once`
+  drops the repeat.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ def setup(app: Any) -> dict[str, Any]:
     """Register the ledger's ordering with Sphinx."""
     app.connect("env-get-outdated", _ledger_is_always_outdated)
     app.connect("env-before-read-docs", _read_ledger_last)
+    app.connect("html-page-context", _each_script_once)
     return {"parallel_read_safe": False, "parallel_write_safe": True}
 
 
@@ -48,3 +53,14 @@ def _read_ledger_last(app: Any, env: Any, docnames: list[str]) -> None:
     if LEDGER in docnames:
         docnames.remove(LEDGER)
         docnames.append(LEDGER)
+
+
+def _each_script_once(app: Any, pagename: str, templatename: str, context: dict, doctree: Any) -> None:
+    # The two copies differ only in how they name "no file": None and "".
+    seen, unique = set(), []
+    for script in context.get("script_files", []):
+        key = (script.filename or "", script.priority, tuple(sorted(script.attributes.items())))
+        if key not in seen:
+            seen.add(key)
+            unique.append(script)
+    context["script_files"] = unique

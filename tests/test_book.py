@@ -1,0 +1,127 @@
+"""The built book: it builds with warnings as errors, its links resolve, and every page
+renders offline, without errors, with every figure drawn."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+from conftest import ROOT, toc_notebooks
+
+HTML = ROOT / "_build" / "html"
+TOOLS = Path(sys.executable).parent
+pytestmark = pytest.mark.book
+
+
+@pytest.fixture(scope="module")
+def built_book() -> Path:
+    """Build the whole book once (executing what changed) for every test here."""
+    build = subprocess.run(
+        [TOOLS / "jupyter-book", "build", ROOT, "--all", "-W", "-n", "--keep-going"],
+        capture_output=True, text=True, cwd=ROOT, timeout=1800,
+    )
+    assert build.returncode == 0, build.stdout[-4000:] + build.stderr[-4000:]
+    return HTML
+
+
+def test_the_book_builds_with_warnings_as_errors(built_book):
+    for notebook in toc_notebooks():
+        page = built_book / notebook.relative_to(ROOT).with_suffix(".html")
+        assert page.exists(), f"{page} was not built"
+    # The ledger is read last, so it sees this build's execution of every notebook.
+    ledger = (built_book / "book" / "ledger.html").read_text(encoding="utf-8")
+    count = len(toc_notebooks())
+    assert f"{count} of {count} notebooks executed" in ledger and ", 0 failed." in ledger
+
+
+def test_every_internal_link_resolves(built_book):
+    # linkchecker follows every link from the start page; links to other hosts are not fetched.
+    checked = subprocess.run([TOOLS / "linkchecker", "--no-status", "--no-warnings", built_book / "index.html"],
+                             capture_output=True, text=True, timeout=600)
+    assert checked.returncode == 0, checked.stdout[-4000:] + checked.stderr[-2000:]
+
+
+def pages(html: Path) -> list[str]:
+    # Not _static, _sources, ... nor anything hidden that a tool left in the folder.
+    return sorted(str(p.relative_to(html)) for p in html.rglob("*.html")
+                  if not p.relative_to(html).parts[0].startswith(("_", ".")))
+
+
+@pytest.fixture(scope="module")
+def browser(built_book):
+    """Headless Chromium, driven over WebDriver, logging every request and console message."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    chromedriver = shutil.which("chromedriver")
+    if not (chromium and chromedriver):
+        pytest.skip("no chromium and chromedriver on PATH (Debian: apt install chromium chromium-driver; "
+                    "the set-up installs them when it runs as root)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=chromedriver))
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture(scope="module")
+def served(built_book):
+    """The built book over HTTP on loopback, as a reader's browser would get it."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(built_book))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+
+
+# For every image on the page: did it load, and how many colours does a sample of its pixels have?
+FIGURES_JS = """
+return Array.from(document.images).map(image => {
+  const canvas = document.createElement("canvas");
+  canvas.width = image.naturalWidth; canvas.height = image.naturalHeight;
+  if (!image.complete || image.naturalWidth === 0) return {src: image.src, loaded: false, colours: 0};
+  const context = canvas.getContext("2d");
+  context.drawImage(image, 0, 0);
+  const pixels = context.getImageData(0, 0, canvas.width, canvas.height).data;
+  const colours = new Set();
+  for (let i = 0; i < pixels.length; i += 4 * 31) colours.add((pixels[i] << 16) | (pixels[i + 1] << 8) | pixels[i + 2]);
+  return {src: image.src, loaded: true, colours: colours.size};
+});
+"""
+
+
+def test_every_page_renders_offline_without_errors(browser, served, built_book):
+    problems = {}
+    figures = 0
+    for page in pages(built_book):
+        browser.get_log("performance"), browser.get_log("browser")  # drop what came before
+        browser.get(f"{served}/{page}")
+        requested = [json.loads(entry["message"])["message"] for entry in browser.get_log("performance")]
+        elsewhere = sorted({m["params"]["request"]["url"] for m in requested
+                            if m["method"] == "Network.requestWillBeSent"
+                            and urlparse(m["params"]["request"]["url"]).hostname not in (None, "127.0.0.1")})
+        # A browser asks for /favicon.ico by itself; the book has none, and no page links one.
+        errors = [e["message"] for e in browser.get_log("browser")
+                  if e["level"] == "SEVERE" and "/favicon.ico " not in e["message"]]
+        images = browser.execute_script(FIGURES_JS)
+        figures += len(images)
+        bad_images = [i["src"] for i in images if not i["loaded"] or i["colours"] < 2]
+        if elsewhere or errors or bad_images:
+            problems[page] = {"requests to other hosts": elsewhere, "console errors": errors,
+                              "figures missing or blank": bad_images}
+    assert not problems, json.dumps(problems, indent=1)
+    assert figures >= len(toc_notebooks()), f"only {figures} figures in the whole book"
