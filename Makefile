@@ -11,7 +11,7 @@ INSTALLED := $(VENV)/.installed
 TORCH := $(shell grep -oE 'torch==[0-9.]+' pyproject.toml)
 WHEELS := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/ray-library-patterns/wheels/$(subst ==,-,$(TORCH))
 
-.PHONY: book test clean
+.PHONY: book test lock clean
 
 book: $(INSTALLED)
 	$(BIN)/jupyter-book build . -W -n --keep-going
@@ -19,15 +19,23 @@ book: $(INSTALLED)
 test: $(INSTALLED)
 	$(BIN)/pytest
 
-# Re-installs whenever pyproject.toml changes. VENV may name an existing environment
+# Refresh the locks the set-up installs from, after changing a pin in pyproject.toml.
+lock:
+	scripts/lock $(PYTHON)
+
+# Re-installs whenever pyproject.toml or a lock changes. VENV may name an existing environment
 # (conda users: make book VENV=$$CONDA_PREFIX).
-$(INSTALLED): pyproject.toml scripts/build-horovod-wheel scripts/make-kernel-env
+$(INSTALLED): pyproject.toml requirements.lock requirements-alibi.lock scripts/build-horovod-wheel \
+		scripts/make-kernel-env scripts/install-browser
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	scripts/build-horovod-wheel $(BIN)/python $(WHEELS)
-	$(BIN)/python -m pip install --quiet --find-links $(WHEELS) -e '.[book,test,horovod]'
+	$(BIN)/python -m pip install --quiet --find-links $(WHEELS) -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 	# The Alibi notebook's own environment and kernel (numpy < 2): .venv-alibi
 	scripts/make-kernel-env alibi $(PYTHON) $(BIN)/python
+	# Headless Chromium for the rendered-book test (installed with apt when run as root)
+	scripts/install-browser
 	touch $@
 
 clean:

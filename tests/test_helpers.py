@@ -13,11 +13,11 @@ import pytest
 
 import helpers
 from helpers import gpu, results
+from helpers.book import RecordRenderer
 from helpers.isolated import run_isolated, unavailable_reason
 from helpers.ledger import Chapter, toc_notebooks
 from helpers.lines import code_lines, integration_lines, package_lines, ray_features
 from helpers.network import exposed, is_loopback, listening_addresses
-from helpers.book import RecordRenderer
 from helpers.run import MissingKernel, NotebookFailed, UnknownParameter, declared_parameters, execute, main
 
 

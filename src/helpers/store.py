@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import ray
+
 # Private, but Ray has no public way to list the references a driver holds
 # or to read the store's spill counters.
 from ray._private.internal_api import memory_summary
