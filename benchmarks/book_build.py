@@ -12,6 +12,7 @@ notebook at full size (about 20 minutes on 2 cores).
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import subprocess
 import sys
@@ -66,7 +67,7 @@ def failing_cell() -> None:
         notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
         nbformat.write(notebook, book / "notebooks" / "broken.ipynb")
         seconds, done = build(book)
-    output = done.stdout + done.stderr
+    output = re.sub(r"\x1b\[[0-9;]*m", "", done.stdout + done.stderr)  # without the colours
     said = [line.strip() for line in output.splitlines() if "broken" in line and ("fail" in line.lower()
                                                                                    or "error" in line.lower())]
     names_the_cell = "this cell fails on purpose" in output
