@@ -16,6 +16,7 @@ import pytest
 from helpers import ledger
 
 ROOT = Path(__file__).resolve().parent.parent
+TOOLS = Path(sys.executable).parent  # the environment's commands: jupyter-book, ruff, linkchecker, ...
 # The last three: Ray's Java workers, RayDP's app master and the Spark driver's JVM.
 RAY_PROCESS_NAMES = ("gcs_server", "raylet", "ray::", "default_worker", "dashboard", "agent",
                      "io.ray.runtime", "raydp", "SparkSubmit")

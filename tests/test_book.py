@@ -8,16 +8,14 @@ import http.server
 import json
 import shutil
 import subprocess
-import sys
 import threading
 from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
-from conftest import ROOT, toc_notebooks
+from conftest import ROOT, TOOLS, toc_notebooks
 
 HTML = ROOT / "_build" / "html"
-TOOLS = Path(sys.executable).parent
 pytestmark = pytest.mark.book
 
 

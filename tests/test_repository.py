@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 import tomllib
-from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, toc_notebooks
+from conftest import ROOT, TOOLS, toc_notebooks
 
 from helpers.lines import integration_lines
 from helpers.run import declared_parameters
@@ -23,7 +21,6 @@ def test_every_notebook_is_in_the_book():
     assert set(ALL_NOTEBOOKS) == set(toc_notebooks())
 
 
-TOOLS = Path(sys.executable).parent  # ruff and nbstripout, installed with the test extra
 
 
 @pytest.mark.parametrize("notebook", ALL_NOTEBOOKS, ids=lambda p: p.stem)
