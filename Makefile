@@ -11,13 +11,16 @@ INSTALLED := $(VENV)/.installed
 TORCH := $(shell grep -oE 'torch==[0-9.]+' pyproject.toml)
 WHEELS := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/ray-library-patterns/wheels/$(subst ==,-,$(TORCH))
 
-.PHONY: book test lock clean
+.PHONY: book test setup lock clean
 
 book: $(INSTALLED)
 	$(BIN)/jupyter-book build . -W -n --keep-going
 
 test: $(INSTALLED)
 	$(BIN)/pytest
+
+# The set-up alone; Binder's postBuild runs it into Binder's own environment.
+setup: $(INSTALLED)
 
 # Refresh the locks the set-up installs from, after changing a pin in pyproject.toml.
 lock:

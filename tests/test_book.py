@@ -3,6 +3,7 @@ renders offline, without errors, with every figure drawn."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import http.server
 import json
@@ -13,6 +14,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
+import yaml
 from conftest import ROOT, TOOLS, toc_notebooks
 
 HTML = ROOT / "_build" / "html"
@@ -54,7 +56,7 @@ def pages(html: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def browser(built_book):
+def browser():
     """Headless Chromium, driven over WebDriver, logging every request and console message."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     chromedriver = shutil.which("chromedriver")
@@ -75,15 +77,17 @@ def browser(built_book):
     driver.quit()
 
 
-@pytest.fixture(scope="module")
-def served(built_book):
-    """The built book over HTTP on loopback, as a reader's browser would get it."""
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(built_book))
+@contextlib.contextmanager
+def serving(html: Path):
+    """A built book over HTTP on loopback, as a reader's browser would get it."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(html))
     handler.log_message = lambda *args: None
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
 
 
 # For every image on the page: did it load, and how many colours does a sample of its pixels have?
@@ -102,24 +106,73 @@ return Array.from(document.images).map(image => {
 """
 
 
-def test_every_page_renders_offline_without_errors(browser, served, built_book):
-    problems = {}
-    figures = 0
-    for page in pages(built_book):
-        browser.get_log("performance"), browser.get_log("browser")  # drop what came before
-        browser.get(f"{served}/{page}")
-        requested = [json.loads(entry["message"])["message"] for entry in browser.get_log("performance")]
-        elsewhere = sorted({m["params"]["request"]["url"] for m in requested
-                            if m["method"] == "Network.requestWillBeSent"
-                            and urlparse(m["params"]["request"]["url"]).hostname not in (None, "127.0.0.1")})
-        # A browser asks for /favicon.ico by itself; the book has none, and no page links one.
-        errors = [e["message"] for e in browser.get_log("browser")
-                  if e["level"] == "SEVERE" and "/favicon.ico " not in e["message"]]
-        images = browser.execute_script(FIGURES_JS)
-        figures += len(images)
-        bad_images = [i["src"] for i in images if not i["loaded"] or i["colours"] < 2]
-        if elsewhere or errors or bad_images:
-            problems[page] = {"requests to other hosts": elsewhere, "console errors": errors,
-                              "figures missing or blank": bad_images}
+def open_page(browser, url: str) -> tuple[dict[str, list[str]], int]:
+    """Open ``url``; what went wrong (requests to other hosts, console errors, bad figures) and the figure count."""
+    browser.get_log("performance"), browser.get_log("browser")  # drop what came before
+    browser.get(url)
+    requested = [json.loads(entry["message"])["message"] for entry in browser.get_log("performance")]
+    elsewhere = sorted({m["params"]["request"]["url"] for m in requested
+                        if m["method"] == "Network.requestWillBeSent"
+                        and urlparse(m["params"]["request"]["url"]).hostname not in (None, "127.0.0.1")})
+    # A browser asks for /favicon.ico by itself; the book has none, and no page links one.
+    errors = [e["message"] for e in browser.get_log("browser")
+              if e["level"] == "SEVERE" and "/favicon.ico " not in e["message"]]
+    images = browser.execute_script(FIGURES_JS)
+    bad_images = [i["src"] for i in images if not i["loaded"] or i["colours"] < 2]
+    found = {"requests to other hosts": elsewhere, "console errors": errors, "figures missing or blank": bad_images}
+    return {what: items for what, items in found.items() if items}, len(images)
+
+
+def test_every_page_renders_offline_without_errors(browser, built_book):
+    problems, figures = {}, 0
+    with serving(built_book) as served:
+        for page in pages(built_book):
+            problems[page], count = open_page(browser, f"{served}/{page}")
+            figures += count
+    problems = {page: found for page, found in problems.items() if found}
     assert not problems, json.dumps(problems, indent=1)
     assert figures >= len(toc_notebooks()), f"only {figures} figures in the whole book"
+
+
+CHAPTER = "notebooks/00_live_cluster"
+
+
+def small_book(folder: Path, origin: str | None) -> Path:
+    """One chapter, not executed, built with the book's configuration in a git clone whose origin is ``origin``."""
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    config["execute"]["execute_notebooks"] = "off"
+    (folder / "_config.yml").write_text(yaml.safe_dump(config))
+    (folder / "_toc.yml").write_text(f"format: jb-book\nroot: {CHAPTER}\n")
+    (folder / "notebooks").mkdir()
+    shutil.copy(ROOT / f"{CHAPTER}.ipynb", folder / "notebooks")
+    subprocess.run(["git", "init", "--quiet"], cwd=folder, check=True)
+    if origin:
+        subprocess.run(["git", "remote", "add", "origin", origin], cwd=folder, check=True)
+    build = subprocess.run([TOOLS / "jupyter-book", "build", folder, "-W", "-n"],
+                           capture_output=True, text=True, timeout=300)
+    assert build.returncode == 0, build.stdout[-4000:] + build.stderr[-4000:]
+    return folder / "_build" / "html"
+
+
+@pytest.fixture(scope="module")
+def cloned_from_github(tmp_path_factory) -> Path:
+    return small_book(tmp_path_factory.mktemp("clone"), "git@github.com:a-reader/ray-library-patterns.git")
+
+
+def test_launch_buttons_open_the_repository_the_book_was_cloned_from(cloned_from_github):
+    page = (cloned_from_github / f"{CHAPTER}.html").read_text(encoding="utf-8")
+    assert f"https://mybinder.org/v2/gh/a-reader/ray-library-patterns/main?urlpath=lab/tree/{CHAPTER}.ipynb" in page
+    assert f"https://colab.research.google.com/github/a-reader/ray-library-patterns/blob/main/{CHAPTER}.ipynb" in page
+    assert f"../_sources/{CHAPTER}.ipynb" in page  # the download button
+
+
+def test_launch_buttons_request_nothing_until_clicked(cloned_from_github, browser):
+    with serving(cloned_from_github) as served:
+        problems, _ = open_page(browser, f"{served}/{CHAPTER}.html")
+    assert not problems, json.dumps(problems, indent=1)
+
+
+def test_a_clone_without_a_public_origin_builds_without_launch_buttons(tmp_path):
+    page = (small_book(tmp_path, None) / f"{CHAPTER}.html").read_text(encoding="utf-8")
+    assert "mybinder.org" not in page and "colab.research.google.com" not in page
+    assert f"../_sources/{CHAPTER}.ipynb" in page  # the download button

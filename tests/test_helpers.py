@@ -13,7 +13,7 @@ import pytest
 
 import helpers
 from helpers import gpu, results
-from helpers.book import RecordRenderer
+from helpers.book import RecordRenderer, public_repository_url
 from helpers.isolated import run_isolated, unavailable_reason
 from helpers.ledger import Chapter, toc_notebooks
 from helpers.lines import code_lines, integration_lines, package_lines, ray_features
@@ -264,3 +264,16 @@ def test_the_book_renders_records_by_their_text_line():
     assert RecordRenderer.handle_mime(None, record, False) == []
     assert RecordRenderer.handle_mime(None, other, False) is None
     assert ("*", results.MIME_TYPE, None) in RecordRenderer.mime_priority_overrides
+
+
+@pytest.mark.parametrize("remote, url", [
+    ("https://github.com/org/book.git\n", "https://github.com/org/book"),
+    ("https://x-access-token:secret@github.com/org/book", "https://github.com/org/book"),
+    ("git@gitlab.com:org/book.git", "https://gitlab.com/org/book"),
+    ("ssh://git@github.com/org/my.book.git", "https://github.com/org/my.book"),
+    ("/work/main", None),
+    ("https://git.example.org/org/book.git", None),
+    ("", None),
+])
+def test_launch_buttons_need_a_github_or_gitlab_remote(remote, url):
+    assert public_repository_url(remote) == url

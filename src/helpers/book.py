@@ -1,4 +1,4 @@
-"""Three hooks into the book's build.
+"""Four hooks into the book's build.
 
 * How a record is shown: by its plain-text line. Jupyter Book (through
   myst-nb) renders every MIME type in an output before it picks one, and warns
@@ -14,10 +14,19 @@
   adds its configuration script twice, and the second ``const THEBE_JS_URL``
   is a SyntaxError in the console of every page. :func:`_each_script_once`
   drops the repeat.
+* Launch buttons for the repository the book was cloned from. Binder and
+  Colab open a notebook from a public repository, but ``_config.yml`` names
+  none, so that a fork's book launches the fork rather than its upstream.
+  :func:`_launch_from_origin` reads the URL from git's ``origin`` remote when
+  the build starts, and leaves the two buttons out when that is not a GitHub
+  or GitLab repository (a copy made from a local clone, an unpacked archive).
 """
 
 from __future__ import annotations
 
+import re
+import subprocess
+from pathlib import Path
 from typing import Any, ClassVar
 
 from helpers.results import MIME_TYPE
@@ -39,6 +48,7 @@ LEDGER = "book/ledger"
 
 def setup(app: Any) -> dict[str, Any]:
     """Register the ledger's ordering with Sphinx."""
+    app.connect("config-inited", _launch_from_origin)
     app.connect("env-get-outdated", _ledger_is_always_outdated)
     app.connect("env-before-read-docs", _read_ledger_last)
     app.connect("html-page-context", _each_script_once)
@@ -64,3 +74,33 @@ def _each_script_once(app: Any, pagename: str, templatename: str, context: dict,
             seen.add(key)
             unique.append(script)
     context["script_files"] = unique
+
+
+# https://github.com/org/repo.git, git@gitlab.com:org/repo, ssh://git@github.com/org/repo: the host, org and repo.
+_PUBLIC_REMOTE = re.compile(
+    r"^(?:https://(?:[^@/]+@)?|ssh://git@|git@)(?P<host>github\.com|gitlab\.com)[:/]"
+    r"(?P<org>[\w.-]+)/(?P<repo>[\w.-]+?)(?:\.git)?/?$"
+)
+
+
+def public_repository_url(remote: str) -> str | None:
+    """The https URL of a GitHub or GitLab remote, without credentials; None for any other remote."""
+    found = _PUBLIC_REMOTE.match(remote.strip())
+    return f"https://{found['host']}/{found['org']}/{found['repo']}" if found else None
+
+
+def _origin(folder: str | Path) -> str:
+    git = subprocess.run(["git", "remote", "get-url", "origin"], cwd=folder, capture_output=True, text=True)
+    return git.stdout if git.returncode == 0 else ""
+
+
+def _launch_from_origin(app: Any, config: Any) -> None:
+    options = config.html_theme_options
+    if options.get("repository_url"):
+        return
+    url = public_repository_url(_origin(app.srcdir))
+    if url:
+        options["repository_url"] = url
+    else:
+        # The theme cannot build a Binder or Colab link without a repository; the download button stays.
+        options["launch_buttons"] = {}
