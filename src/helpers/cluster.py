@@ -233,6 +233,10 @@ def start_or_join(
             return _current
         _current.shutdown()
 
+    if spec and not quiet:
+        # The reader's first wait in every notebook: say what it is.
+        print(f"Starting a head node and {spec.worker_nodes} worker node(s) on {LOOPBACK}; "
+              "their table follows once every node is up.", flush=True)
     cluster = _join(address, runtime_env) if address else _start(spec, runtime_env)
     _current = cluster
     if not quiet:
