@@ -1,16 +1,22 @@
 """Print what a live cluster costs on this machine, and how long each notebook takes.
 
-    .venv/bin/python benchmarks/cluster_and_notebooks.py [--starts 3] [--no-notebooks]
+    .venv/bin/python benchmarks/cluster_and_notebooks.py [--starts 3] [--no-notebooks] [--full]
 
 Figures, not tests: this machine is shared and noisy, so nothing here passes
 or fails. Targets (from the foundation issue), on 2 cores:
   * a head plus two worker nodes starts in <= 10 s and takes <= 1.5 GB RSS;
   * each notebook, in smoke size, executes in <= 30 s (median).
+
+Under each notebook it lists the cells that ran longer than SLOW_CELL_S, and
+whether each drew a progress bar. A reader should not wait that long in
+silence: a loop gets a bar, a single long call a line saying what it waits
+for. --full runs the notebooks at the sizes a reader gets, where this matters.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 import sys
 import tempfile
@@ -70,14 +76,34 @@ def measure_cluster(starts: int) -> None:
             print(f"    {name:<28} {rss / 2**20:7.0f} MB")
 
 
-def measure_notebooks() -> None:
+SLOW_CELL_S = 10
+BAR = re.compile(r"\d+%\||\[Stage \d+:")  # tqdm's text bar (tqdm_ray's too), Spark's console bar
+
+
+def slow_cells(notebook: dict) -> list[str]:
+    """A line for each cell that ran longer than SLOW_CELL_S: its time, whether it drew a bar, its start."""
+    lines = []
+    for cell in notebook["cells"]:
+        seconds = cell.get("metadata", {}).get("papermill", {}).get("duration") or 0
+        if seconds > SLOW_CELL_S:
+            printed = "".join(output.get("text", "") for output in cell.get("outputs", []))
+            code = [line for line in cell["source"].splitlines() if line.strip() and not line.startswith("#")]
+            lines.append(f"{seconds:5.1f} s  {'bar' if BAR.search(printed) else 'no bar'}  "
+                         f"{cell.get('id')}: {code[0][:60] if code else ''}")
+    return lines
+
+
+def measure_notebooks(full: bool) -> None:
     times = {}
     with tempfile.TemporaryDirectory() as out:
         for notebook in toc_notebooks():
-            result = execute(notebook, Path(out) / notebook.name, {"smoke": True})
+            result = execute(notebook, Path(out) / notebook.name, {} if full else {"smoke": True})
             times[notebook.stem] = result.seconds
             print(f"notebook {notebook.stem:<32} {result.seconds:6.1f} s")
-    print(f"notebooks: median {statistics.median(times.values()):.1f} s (target <= 30 s), "
+            for line in slow_cells(result.notebook):
+                print(f"    {line}")
+    size = "full size" if full else "smoke size; target <= 30 s"
+    print(f"notebooks: median {statistics.median(times.values()):.1f} s ({size}), "
           f"total {sum(times.values()):.1f} s for {len(times)}")
 
 
@@ -85,12 +111,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--starts", type=int, default=3)
     parser.add_argument("--no-notebooks", action="store_true")
+    parser.add_argument("--full", action="store_true", help="the notebooks at their own sizes, not smoke")
     args = parser.parse_args()
     print(f"machine: {psutil.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GB, "
           f"Ray {ray.__version__}")
     measure_cluster(args.starts)
     if not args.no_notebooks:
-        measure_notebooks()
+        measure_notebooks(args.full)
 
 
 if __name__ == "__main__":

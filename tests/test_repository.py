@@ -72,6 +72,17 @@ def test_conda_environment_leaves_python_packages_to_pyproject():
     assert not conda_names & python_names, "a Python package is pinned in both files"
 
 
+def test_binder_runs_the_set_up_into_its_own_environment(tmp_path):
+    # Binder builds environment.yml, then runs postBuild: the same set-up as make, into its environment.
+    post_build = ROOT / "postBuild"
+    assert post_build.stat().st_mode & 0o111, "postBuild must be executable"
+    assert 'make setup VENV="${NB_PYTHON_PREFIX' in post_build.read_text()
+    dry_run = subprocess.run(["make", "--dry-run", "setup", f"VENV={tmp_path}"], cwd=ROOT,
+                             capture_output=True, text=True)
+    assert dry_run.returncode == 0, dry_run.stderr
+    assert f"{tmp_path}/bin/python -m pip install --quiet --find-links" in dry_run.stdout
+
+
 # Each lock and the groups of pyproject.toml it is resolved from (scripts/lock).
 LOCKS = {"requirements.lock": ["dependencies", "book", "test", "horovod"], "requirements-alibi.lock": ["alibi"]}
 
