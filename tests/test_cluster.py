@@ -1,4 +1,5 @@
-"""helpers.cluster: loopback only, nothing left behind, idempotent, fails fast; helpers.store counts."""
+"""helpers.cluster: loopback only, nothing left behind, idempotent, fails fast; helpers.store counts;
+helpers.progress counts rounds in remote work."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from conftest import ray_processes, shm_files, wait_until_gone
 import helpers
 from helpers.cluster import InfeasibleRequest
 from helpers.network import is_loopback, listening_addresses
+from helpers.progress import RoundsBar
 from helpers.store import objects_created_by
 
 
@@ -149,3 +151,16 @@ def test_a_large_argument_is_stored_once_per_call_and_a_reference_never(cluster)
     reference = ray.put(array)
     by_reference, _ = objects_created_by(lambda closed: [length.remote(reference, closed) for _ in range(3)])
     assert (by_value, by_reference, lengths) == (3, 0, [200_000] * 3)
+
+
+def test_a_rounds_bar_counts_the_rounds_where_the_training_runs(cluster):
+    @ray.remote
+    def train(rounds: int) -> tuple[int, int]:
+        import xgboost
+
+        bar = RoundsBar("rounds", rounds)
+        rows = xgboost.DMatrix(np.arange(20.0).reshape(10, 2), label=np.arange(10) % 2)
+        xgboost.train({"nthread": 1}, rows, rounds, callbacks=[bar])
+        return bar.bar.n, bar.bar.total
+
+    assert ray.get(train.remote(4)) == (4, 4)
