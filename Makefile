@@ -24,7 +24,7 @@ setup: $(INSTALLED)
 
 # Refresh the locks the set-up installs from, after changing a pin in pyproject.toml.
 lock:
-	scripts/lock $(PYTHON)
+	scripts/lock $(PYTHON) $(WHEELS)
 
 # Re-installs whenever pyproject.toml or a lock changes. VENV may name an existing environment
 # (conda users: make book VENV=$$CONDA_PREFIX).
