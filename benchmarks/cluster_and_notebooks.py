@@ -5,6 +5,7 @@
 Figures, not tests: this machine is shared and noisy, so nothing here passes
 or fails. Targets (from the foundation issue), on 2 cores:
   * a head plus two worker nodes starts in <= 10 s and takes <= 1.5 GB RSS;
+  * the simulated machines (helpers.machines: head + 2 workers) start in <= 15 s;
   * each notebook, in smoke size, executes in <= 30 s (median).
 
 Under each notebook it lists the cells that ran longer than SLOW_CELL_S, and
@@ -28,6 +29,7 @@ import psutil
 import ray
 
 import helpers
+from helpers.machines import SimulatedCluster, unavailable_reason
 from helpers.run import execute
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,6 +78,20 @@ def measure_cluster(starts: int) -> None:
             print(f"    {name:<28} {rss / 2**20:7.0f} MB")
 
 
+def measure_machines(starts: int) -> None:
+    """The cluster of simulated machines the tests join: its start, and its memory beside the plain one."""
+    seconds, rss = [], []
+    with tempfile.TemporaryDirectory(dir="/var/tmp") as storage:
+        for _ in range(starts):
+            with SimulatedCluster(storage) as machines:
+                seconds.append(machines.start_s)
+                rss.append(sum(rss_by_kind([psutil.Process(p) for p in machines.processes()]).values()))
+    print(f"simulated machines start, head + 2 worker nodes ({starts} starts): "
+          f"median {statistics.median(seconds):.1f} s, min {min(seconds):.1f} s, "
+          f"max {max(seconds):.1f} s   (target <= 15 s); RSS just started: "
+          f"median {statistics.median(rss) / 2**30:.2f} GB")
+
+
 SLOW_CELL_S = 10
 BAR = re.compile(r"\d+%\||\[Stage \d+:")  # tqdm's text bar (tqdm_ray's too), Spark's console bar
 
@@ -116,6 +132,11 @@ def main() -> None:
     print(f"machine: {psutil.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GB, "
           f"Ray {ray.__version__}")
     measure_cluster(args.starts)
+    reason = unavailable_reason()
+    if reason:
+        print(f"simulated machines: not measured, {reason}")
+    else:
+        measure_machines(args.starts)
     if not args.no_notebooks:
         measure_notebooks(args.full)
 
