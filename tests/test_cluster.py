@@ -136,6 +136,11 @@ def test_an_address_where_nothing_answers_fails_fast():
     assert time.monotonic() - start < 10, "ray.init would have retried for minutes"
 
 
+def test_a_ray_client_address_is_refused_with_the_way_out():
+    with pytest.raises(ValueError, match="ray job submit"):
+        helpers.start_or_join("ray://127.0.0.1:10001", quiet=True)
+
+
 def test_shutdown_with_no_cluster_does_nothing():
     helpers.cluster.shutdown()
     assert not ray.is_initialized()

@@ -6,12 +6,14 @@
 * :mod:`helpers.store`: count the objects that calls put into the store.
 * :mod:`helpers.network`: which addresses a process listens on.
 * :mod:`helpers.isolated`: a multi-address cluster in a private network.
+* :mod:`helpers.machines`: a cluster of simulated machines, which share only a network
+  and one storage folder (the tests run every notebook on one).
 * :mod:`helpers.plots`: one figure style, titles and units required.
 * :mod:`helpers.gpu`: find a CUDA GPU, fall back to the CPU.
 * :mod:`helpers.run`: execute a notebook with parameters, unattended.
 """
 
-from helpers.cluster import InfeasibleRequest, LiveCluster, start_or_join
+from helpers.cluster import InfeasibleRequest, LiveCluster, MissingDashboard, MissingStorage, start_or_join
 from helpers.gpu import cuda_gpu_count, gpus_to_use
 from helpers.plots import figure
 from helpers.results import ClaimFailed, claim, measure
@@ -21,6 +23,8 @@ __all__ = [
     "ClaimFailed",
     "InfeasibleRequest",
     "LiveCluster",
+    "MissingDashboard",
+    "MissingStorage",
     "Timing",
     "claim",
     "cuda_gpu_count",

@@ -19,6 +19,7 @@ import atexit
 import os
 import secrets
 import socket
+import tempfile
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +37,14 @@ LOOPBACK = "127.0.0.1"
 
 class InfeasibleRequest(ValueError):
     """A resource request that no amount of waiting will satisfy."""
+
+
+class MissingStorage(ValueError):
+    """A joined cluster of several machines, and no folder that all of them share."""
+
+
+class MissingDashboard(ValueError):
+    """A chapter that reads Ray's state API, joined to a cluster that runs no dashboard."""
 
 
 @dataclass(frozen=True)
@@ -74,10 +83,13 @@ class LiveCluster:
     joined cluster only disconnects; a started one is stopped completely.
     """
 
-    def __init__(self, address: str, spec: ClusterSpec | None, local: Cluster | None) -> None:
+    def __init__(self, address: str, spec: ClusterSpec | None, local: Cluster | None,
+                 storage_path: str | None = None) -> None:
         self.address = address
         self.spec = spec
         self._local = local
+        self._storage_path = storage_path
+        self._own_storage: tempfile.TemporaryDirectory | None = None
 
     @property
     def started_here(self) -> bool:
@@ -99,6 +111,33 @@ class LiveCluster:
             for n in alive
         ]
         return sorted(infos, key=lambda node: not node.is_head)
+
+    def machines(self) -> int:
+        """How many machines the nodes run on, told apart by address."""
+        return len({n.address for n in self.nodes()})
+
+    @property
+    def storage(self) -> str:
+        """A folder that every node can read and write: for what crosses machines.
+
+        Ray Train's and Tune's results, a file that tasks on several nodes
+        read: on a real cluster that is an NFS mount or a bucket every node
+        sees, and the reader names it (``storage_path``). Without one, a
+        cluster on one machine gets a folder of its own, removed at shutdown;
+        a joined cluster on several machines raises :class:`MissingStorage`.
+        """
+        if self._storage_path:
+            return self._storage_path
+        if self._own_storage is None:
+            if not self.started_here and self.machines() > 1:
+                raise MissingStorage(
+                    f"This chapter writes files that other nodes read, and the cluster at "
+                    f"{self.address} spans {self.machines()} machines, which do not share this "
+                    "machine's folders. Set storage_path to a folder every node mounts at the "
+                    "same path (NFS, say)."
+                )
+            self._own_storage = tempfile.TemporaryDirectory(prefix="ray-library-patterns-storage-")
+        return self._own_storage.name
 
     def node_names(self) -> dict[str, str]:
         """Short names for the live nodes by node id: "head", "worker 1", "worker 2", ..."""
@@ -170,6 +209,9 @@ class LiveCluster:
         """Disconnect; and if this process started the cluster, stop every process of it."""
         global _current
         ray.shutdown()
+        if self._own_storage is not None:
+            self._own_storage.cleanup()
+            self._own_storage = None
         if self._local is not None:
             self._local.shutdown()
             self._local = None
@@ -199,6 +241,7 @@ def start_or_join(
     object_store_mb: int = 200,
     dashboard: bool = False,
     runtime_env: dict[str, Any] | None = None,
+    storage_path: str | None = None,
     quiet: bool = False,
 ) -> LiveCluster:
     """Connect this process to a Ray cluster, print what it has and record the machine.
@@ -215,6 +258,9 @@ def start_or_join(
 
     ``runtime_env`` is Ray's, for what this notebook's workers need that the
     cluster's own set-up may lack (a Python environment of their own, say).
+    ``storage_path`` is a folder every node shares (see :attr:`LiveCluster.storage`).
+    ``dashboard`` says that the chapter reads Ray's state API: a cluster started
+    here runs the dashboard, and a joined one without it is refused at once.
 
     Calling it again with the same arguments returns the cluster already
     running (a setup cell may be re-run); with other arguments it stops that
@@ -238,6 +284,13 @@ def start_or_join(
         print(f"Starting a head node and {spec.worker_nodes} worker node(s) on {LOOPBACK}; "
               "their table follows once every node is up.", flush=True)
     cluster = _join(address, runtime_env) if address else _start(spec, runtime_env)
+    cluster._storage_path = storage_path
+    if dashboard and not cluster.started_here and not _dashboard_runs(address):
+        cluster.shutdown()
+        raise MissingDashboard(
+            f"This chapter reads Ray's state API, which the dashboard serves, and the cluster at "
+            f"{address} runs without one. Start its head node with --include-dashboard=true."
+        )
     _current = cluster
     if not quiet:
         print(f"{cluster!r}\n{cluster.table()}")
@@ -249,6 +302,12 @@ def start_or_join(
 
 
 def _join(address: str, runtime_env: dict[str, Any] | None) -> LiveCluster:
+    if address.startswith("ray://"):
+        raise ValueError(
+            f"{address!r} is a Ray Client address. The chapters need a driver on a node of the "
+            "cluster: submit the notebook with `ray job submit`, or run it on the head node with "
+            "ray_address=127.0.0.1:6379 (book/real_cluster.md, 'Where the driver runs')."
+        )
     host, _, port = address.rpartition(":")
     try:
         socket.create_connection((host, int(port)), timeout=5).close()
@@ -261,6 +320,11 @@ def _join(address: str, runtime_env: dict[str, Any] | None) -> LiveCluster:
         ) from None
     _advertise_loopback(is_loopback(host))
     _reload_ray_settings()  # RAY_AUTH_* may have been set after ray was imported
+    if "RAY_AUTH_MODE" not in os.environ and AuthenticationTokenLoader.instance().has_token(
+            ignore_auth_mode=True):
+        # A reader who gives a token means to use it: Ray sends none unless the mode says so.
+        os.environ["RAY_AUTH_MODE"] = "token"
+        _reload_ray_settings()
     # An explicit address, always: with none, ray.init attaches to whatever
     # cluster was started last on this machine.
     ray.init(address=address, runtime_env=runtime_env)
@@ -295,6 +359,18 @@ def _start(spec: ClusterSpec, runtime_env: dict[str, Any] | None) -> LiveCluster
         cluster.shutdown()
         raise
     return cluster
+
+
+def _dashboard_runs(address: str) -> bool:
+    """Whether the joined cluster answers Ray's state API (its dashboard serves it)."""
+    from ray.util.state import list_nodes
+    from ray.util.state.exception import ServerUnavailable
+
+    try:
+        list_nodes(address=address, limit=1, timeout=30)
+    except ServerUnavailable:  # it fails at once without a dashboard
+        return False
+    return True
 
 
 def _advertise_loopback(loopback: bool) -> None:
