@@ -1,11 +1,9 @@
-"""Shared test fixtures: the book's notebooks, and a view of Ray's processes on this machine."""
+"""Shared test fixtures: the book's notebooks, their records, and the Ray processes the tests start."""
 
 from __future__ import annotations
 
-import json
+import ctypes
 import os
-import secrets
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,13 +25,31 @@ def toc_notebooks() -> list[Path]:
     return [path for path in ledger.toc_notebooks(ROOT / "_toc.yml") if path.exists()]
 
 
+def _adopt_orphans() -> None:
+    """Make this process the parent of every orphan among its descendants (Linux).
+
+    A kernel that exits leaves the Ray processes it started to whoever
+    adopts orphans; with this, that is the test run, so that the leftover
+    check can look at what the tests started and nothing else on the machine.
+    """
+    if sys.platform == "linux":
+        PR_SET_CHILD_SUBREAPER = 36  # noqa: N806, from <linux/prctl.h>
+        ctypes.CDLL(None).prctl(PR_SET_CHILD_SUBREAPER, 1)
+
+
+_adopt_orphans()
+
+
 def ray_processes() -> set[int]:
-    """Pids of every Ray process on the machine (ours or not: we only compare sets)."""
+    """Pids of the Ray processes this test run started (and the orphans it adopted)."""
     found = set()
-    for proc in psutil.process_iter(["name", "cmdline", "status"]):
-        if proc.info["status"] == psutil.STATUS_ZOMBIE:
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+            text = proc.name() + " " + " ".join(proc.cmdline())
+        except psutil.NoSuchProcess:
             continue
-        text = proc.info["name"] + " " + " ".join(proc.info["cmdline"] or [])
         if any(name in text for name in RAY_PROCESS_NAMES) and "ray" in text:
             found.add(proc.pid)
     return found
@@ -48,10 +64,29 @@ def wait_until_gone(pids: set[int], timeout: float = 30) -> set[int]:
     deadline = time.monotonic() + timeout
     alive = set(pids)
     while alive and time.monotonic() < deadline:
-        alive = {p for p in alive if psutil.pid_exists(p)
-                 and psutil.Process(p).status() != psutil.STATUS_ZOMBIE}
+        alive = {p for p in alive if _running(p)}
         time.sleep(0.5)
     return alive
+
+
+def _running(pid: int) -> bool:
+    """False once the process has exited; collects it if it was ours (adopted or not)."""
+    try:
+        if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+            return True
+        os.waitpid(pid, os.WNOHANG)
+    except (psutil.NoSuchProcess, ChildProcessError):
+        pass
+    return False
+
+
+def check_records(name: str, records: list[dict]) -> None:
+    """A notebook's records: it claimed and measured something, and every claim held."""
+    claims = [r for r in records if r["kind"] == "claim"]
+    assert claims, f"{name} checked no claim"
+    assert any(r["kind"] == "measurement" for r in records), f"{name} recorded no measurement"
+    failed = [f"{c['name']}: {c['detail']}" for c in claims if not c["holds"]]
+    assert not failed, f"{name}: claims failed: {failed}"
 
 
 @pytest.fixture
@@ -62,31 +97,3 @@ def no_leftovers():
     left = wait_until_gone(ray_processes() - before_pids)
     assert not left, f"Ray processes left running: {sorted(left)}"
     assert shm_files() <= before_shm, f"/dev/shm files left: {sorted(shm_files() - before_shm)}"
-
-
-@pytest.fixture(scope="module")
-def running_cluster():
-    """A loopback cluster started by another process, as a reader's own cluster would be.
-
-    Yields its address; the token it demands is put in this process's
-    environment, where a notebook's kernel inherits it.
-    """
-    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
-    server = subprocess.Popen(
-        [sys.executable, str(ROOT / "tests" / "serve_cluster.py")],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT,
-        env={**os.environ, **auth},
-    )
-    try:
-        started = json.loads(server.stdout.readline())
-    except json.JSONDecodeError:
-        server.kill()
-        pytest.fail("serve_cluster.py did not print its address")
-    saved = {k: os.environ.get(k) for k in auth}
-    os.environ.update(auth)
-    yield started
-    os.environ.update({k: v for k, v in saved.items() if v is not None})
-    for key in [k for k, v in saved.items() if v is None]:
-        os.environ.pop(key)
-    server.stdin.close()  # the server stops its cluster when its input closes
-    server.wait(timeout=120)

@@ -1,29 +1,30 @@
-"""Every notebook in the book runs top to bottom, in smoke size, and its claims hold."""
+"""Every notebook runs top to bottom, in smoke size, on a cluster of separate (simulated) machines,
+and its claims hold there.
+
+At the book's own size, on a cluster of its own, each notebook runs once more: in the book build,
+whose records tests/test_book.py checks. Those two are every execution of a test run.
+"""
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
+import subprocess
+import sys
+import tempfile
 
+import nbformat
 import pytest
-from conftest import toc_notebooks
+from conftest import ROOT, check_records, toc_notebooks, wait_until_gone
 
-import helpers
 from helpers.gpu import cuda_gpu_count
-from helpers.run import ExecutedNotebook, NotebookFailed, execute
+from helpers.machines import SimulatedCluster, unavailable_reason
+from helpers.results import records_in
+from helpers.run import NotebookFailed, declared_parameters, execute
 
 NOTEBOOKS = toc_notebooks()
-
-
-def run_checked(notebook, output, parameters) -> ExecutedNotebook:
-    """Execute, and fail the test with the notebook's own message on any error."""
-    try:
-        result = execute(notebook, output, parameters)
-    except NotebookFailed as error:
-        pytest.fail(str(error), pytrace=False)
-    assert result.claims, f"{notebook.name} checked no claim"
-    assert result.measurements, f"{notebook.name} recorded no measurement"
-    assert all(c["holds"] for c in result.claims)  # a false claim has already raised
-    return result
+RUN_TIMEOUT_S = 1500
 
 
 def test_the_book_has_notebooks():
@@ -31,31 +32,61 @@ def test_the_book_has_notebooks():
 
 
 @pytest.mark.notebook
-@pytest.mark.parametrize("variant", ["cpu", "gpu"])
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook(notebook, variant, tmp_path, no_leftovers):
-    if variant == "gpu" and cuda_gpu_count() == 0:
+def test_notebook_gpu_variant(notebook, tmp_path, no_leftovers):
+    if cuda_gpu_count() == 0:
         pytest.skip("gpu variant: no CUDA GPU is visible on this machine")
-    run_checked(notebook, tmp_path / notebook.name,
-                {"smoke": True, "use_gpu": variant == "gpu"})
+    try:
+        result = execute(notebook, tmp_path / notebook.name, {"smoke": True, "use_gpu": True})
+    except NotebookFailed as error:
+        pytest.fail(str(error), pytrace=False)
+    check_records(notebook.name, result.records)
+
+
+@pytest.fixture(scope="module")
+def machines():
+    """A head (2 CPUs) and two worker nodes (1 CPU each) that share only a network and one folder."""
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(f"no simulated machines here: {reason}")
+    # Not under /tmp: each worker node has a /tmp of its own.
+    storage = tempfile.mkdtemp(prefix="ray-library-patterns-shared-", dir="/var/tmp")
+    cluster = SimulatedCluster(storage)
+    processes: set[int] = set()
+    try:
+        cluster.start()
+        yield cluster, storage
+        processes = cluster.processes()
+    finally:
+        cluster.stop()
+        shutil.rmtree(storage, ignore_errors=True)
+    assert not wait_until_gone(processes), "processes outlived the simulated machines"
 
 
 @pytest.mark.notebook
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_joins_a_running_cluster(notebook, running_cluster, tmp_path, monkeypatch):
-    """The whole book again, on a cluster it did not start: the stand-in for a reader's own."""
-    result = run_checked(notebook, tmp_path / notebook.name,
-                         {"smoke": True, "ray_address": running_cluster["address"]})
-    printed = "".join(output.get("text", "") for cell in result.notebook["cells"]
-                      for output in cell.get("outputs", []))
-    assert f"LiveCluster({running_cluster['address']}, joined)" in printed
-    assert re.search(rf"^total\s+{running_cluster['nodes']} nodes", printed, re.MULTILINE)
-    # The notebook's shutdown only disconnected: the cluster is still there,
-    # and RAY_ADDRESS finds it when no address is given.
-    monkeypatch.setenv("RAY_ADDRESS", running_cluster["address"])
-    rejoined = helpers.start_or_join(None, quiet=True)
+def test_notebook_on_separate_machines(notebook, machines, tmp_path):
+    """The whole book again, joined to a cluster it did not start, whose nodes are separate machines."""
+    cluster, storage = machines
+    parameters = {"smoke": True, "ray_address": cluster.address}
+    if "storage_path" in declared_parameters(notebook):
+        parameters["storage_path"] = storage
+    output = tmp_path / notebook.name
+    command = [sys.executable, "-m", "helpers.run", str(notebook), "-o", str(output)]
+    for name, value in parameters.items():
+        command += ["-p", name, json.dumps(value)]
     try:
-        assert not rejoined.started_here
-        assert len(rejoined.nodes()) == running_cluster["nodes"]
-    finally:
-        rejoined.shutdown()
+        done = cluster.run(command, cwd=ROOT, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{notebook.name} ran over {RUN_TIMEOUT_S} s on the simulated machines")
+    if done.returncode != 0:
+        pytest.fail(done.stderr[-3000:], pytrace=False)
+    executed = nbformat.read(output, as_version=4)
+    check_records(notebook.name, records_in(executed))
+    printed = "".join(o.get("text", "") for cell in executed.cells for o in cell.get("outputs", []))
+    assert f"LiveCluster({cluster.address}, joined)" in printed
+    assert re.search(rf"^total\s+{len(cluster.node_addresses)} nodes", printed, re.MULTILINE)
+    # The notebook only disconnected: every node is still there, and it left nothing running.
+    after = cluster.wait_until_idle()
+    assert after["nodes"] == cluster.node_addresses, f"nodes after the run: {after['nodes']}"
+    assert after["idle"], f"{notebook.name} left behind: {after}"

@@ -112,3 +112,59 @@ def test_ci_runs_the_readme_test_command():
     assert "exec make test" in (ROOT / ".ci" / "run").read_text()
     readme = (ROOT / "README.md").read_text()
     assert "make test" in readme and "make book" in readme
+
+
+# deploy/: the book's cluster for `ray up` and for KubeRay, and the node image both run.
+RAY_PIN = next(pin for pin in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+               if pin.startswith("ray[")).split("==")[1]
+IMAGE = f"ray-library-patterns:{RAY_PIN}"
+SHARED = "/mnt/shared"
+
+
+def test_the_node_image_has_the_books_ray_and_runs_the_readme_set_up():
+    dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()
+    assert f"FROM rayproject/ray:{RAY_PIN}-py311-cpu" in dockerfile  # the lock's Ray and Python
+    assert "RUN make setup VENV=" in dockerfile and "openjdk-17" in dockerfile
+
+
+def test_the_kuberay_cluster_names_the_image_token_sizes_and_shared_folder():
+    cluster = yaml.safe_load((ROOT / "deploy" / "raycluster.yaml").read_text())
+    assert (cluster["apiVersion"], cluster["kind"]) == ("ray.io/v1", "RayCluster")
+    spec = cluster["spec"]
+    assert spec["rayVersion"] == RAY_PIN
+    head, workers = spec["headGroupSpec"], spec["workerGroupSpecs"]
+    assert head["rayStartParams"]["include-dashboard"] == "true"  # the chapters' state API
+    assert head["rayStartParams"]["num-cpus"] == "2" and workers[0]["rayStartParams"]["num-cpus"] == "1"
+    assert workers[0]["replicas"] >= 2
+    for group in (head, *workers):
+        pod = group["template"]["spec"]
+        (container,) = pod["containers"]
+        assert container["image"] == IMAGE
+        environment = {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+        assert environment["RAY_AUTH_MODE"] == "token" and "secretKeyRef" in environment["RAY_AUTH_TOKEN"]
+        mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+        claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"]}
+        assert mounts["shared"] == SHARED and claims["shared"]
+
+
+def test_the_ray_up_cluster_names_the_image_token_sizes_and_shared_folder():
+    cluster = yaml.safe_load((ROOT / "deploy" / "cluster.yaml").read_text())
+    assert cluster["docker"]["image"] == IMAGE
+    options = " ".join(cluster["docker"]["run_options"])
+    assert f"--volume={SHARED}:{SHARED}" in options and "--env=RAY_AUTH_MODE=token" in options
+    head = " ".join(cluster["head_start_ray_commands"])
+    assert "--num-cpus=2" in head and "--dashboard-host=127.0.0.1" in head
+    assert "--num-cpus=1" in " ".join(cluster["worker_start_ray_commands"])
+    assert cluster["min_workers"] == cluster["max_workers"] == 2
+
+
+def test_the_commands_the_cluster_page_gives_name_real_notebooks_and_parameters():
+    page = (ROOT / "book" / "real_cluster.md").read_text() + (ROOT / "README.md").read_text()
+    page = re.sub(r"\\\n\s*", "", page)  # continued lines joined
+    commands = re.findall(r"(ray job submit .*)?python -m helpers\.run (notebooks/\S+\.ipynb)((?: -p \S+ \S+)+)", page)
+    assert any(submit for submit, _, _ in commands), "no `ray job submit ... helpers.run` command found"
+    for submit, notebook, options in commands:
+        given = set(re.findall(r"-p (\S+) ", options + " "))
+        assert given <= set(declared_parameters(ROOT / notebook)), f"{notebook} has no parameter {given}"
+        if submit:  # a job on a real cluster: the chapter's files go to the shared folder
+            assert "--working-dir ." in submit and f"-p storage_path {SHARED}" in options

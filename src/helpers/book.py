@@ -1,4 +1,4 @@
-"""Four hooks into the book's build.
+"""Five hooks into the book's build.
 
 * How a record is shown: by its plain-text line. Jupyter Book (through
   myst-nb) renders every MIME type in an output before it picks one, and warns
@@ -20,11 +20,18 @@
   :func:`_launch_from_origin` reads the URL from git's ``origin`` remote when
   the build starts, and leaves the two buttons out when that is not a GitHub
   or GitLab repository (a copy made from a local clone, an unpacked archive).
+* No outputs of older code. Jupyter Book keeps a notebook's execution until
+  the notebook changes, but a chapter's results depend on ``helpers`` and on
+  the installed packages too. :func:`_forget_outdated_executions` empties the
+  cache when either has changed since it was filled, so the book and its
+  ledger never show what older code did.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any, ClassVar
@@ -49,6 +56,7 @@ LEDGER = "book/ledger"
 def setup(app: Any) -> dict[str, Any]:
     """Register the ledger's ordering with Sphinx."""
     app.connect("config-inited", _launch_from_origin)
+    app.connect("config-inited", _forget_outdated_executions)
     app.connect("env-get-outdated", _ledger_is_always_outdated)
     app.connect("env-before-read-docs", _read_ledger_last)
     app.connect("html-page-context", _each_script_once)
@@ -104,3 +112,30 @@ def _launch_from_origin(app: Any, config: Any) -> None:
     else:
         # The theme cannot build a Binder or Colab link without a repository; the download button stays.
         options["launch_buttons"] = {}
+
+
+# What every chapter's execution depends on besides the notebook itself.
+EXECUTION_INPUTS = ("src/helpers/*.py", "requirements*.lock")
+
+
+def inputs_digest(root: Path) -> str:
+    """A digest of the helpers' sources and the locks, by name and content."""
+    digest = hashlib.sha256()
+    for pattern in EXECUTION_INPUTS:
+        for path in sorted(root.glob(pattern)):
+            digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def _forget_outdated_executions(app: Any, config: Any) -> None:
+    if not getattr(config, "nb_execution_cache_path", ""):
+        return  # not executing through a cache
+    root = Path(app.srcdir)
+    cache = root / config.nb_execution_cache_path
+    stamp = cache.with_name(cache.name + ".inputs")
+    digest = inputs_digest(root)
+    if stamp.exists() and stamp.read_text() == digest:
+        return
+    shutil.rmtree(cache, ignore_errors=True)
+    stamp.parent.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(digest)
