@@ -16,6 +16,7 @@ import textwrap
 import pytest
 from conftest import ROOT, wait_until_gone
 
+from helpers.cluster import _advertise_loopback, _require_token
 from helpers.machines import SimulatedCluster, unavailable_reason
 
 pytestmark = pytest.mark.skipif(unavailable_reason() is not None,
@@ -51,6 +52,9 @@ ON_EVERY_NODE = textwrap.dedent("""
 
 @pytest.fixture(scope="module")
 def machines():
+    # As a local cluster started in this process leaves Ray's settings: none of it may reach a node.
+    _advertise_loopback(True)
+    _require_token()
     storage = tempfile.mkdtemp(prefix="machines-test-", dir="/var/tmp")
     with SimulatedCluster(storage) as cluster:
         yield cluster, storage, cluster.spec.environment["RAY_AUTH_TOKEN"]

@@ -119,11 +119,9 @@ class SimulatedCluster:
         if reason:
             raise RuntimeError(f"Cannot simulate separate machines here: {reason}.")
         began = time.perf_counter()
-        # The nodes get our environment as a machine's image would, and no cluster address.
-        environment = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
         self._supervisor = subprocess.Popen(
             [*NAMESPACES, sys.executable, "-m", "helpers.machines", json.dumps(asdict(self.spec))],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=environment,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=_without_ray_settings(),
             # Its GCS client logs each retry; what went wrong comes back in its answer instead.
             stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent,
         )
@@ -142,9 +140,8 @@ class SimulatedCluster:
                 f"--wd={cwd or os.getcwd()}", "--", *args]
 
     def driver_environment(self) -> dict[str, str]:
-        """Ours, with the cluster's token and without a RAY_ADDRESS: for a driver to run inside."""
-        environment = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-        return {**environment, "RAY_AUTH_TOKEN": self.spec.environment["RAY_AUTH_TOKEN"]}
+        """Ours, with the cluster's token instead of our Ray settings: for a driver to run inside."""
+        return {**_without_ray_settings(), "RAY_AUTH_TOKEN": self.spec.environment["RAY_AUTH_TOKEN"]}
 
     def run(self, args: list[str], **options: Any) -> subprocess.CompletedProcess:
         """Run a command inside (see :meth:`command`), by default with :meth:`driver_environment`.
@@ -197,6 +194,16 @@ class SimulatedCluster:
 
     def __exit__(self, *exc_info: Any) -> None:
         self.stop()
+
+
+def _without_ray_settings() -> dict[str, str]:
+    """Our environment less every RAY_ variable: what a machine's image has.
+
+    This process's Ray settings are not a node's: a cluster started here sets
+    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, for one, and a node at 127.0.0.2
+    that inherits it cannot start.
+    """
+    return {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
 
 
 def _die_with_parent() -> None:
