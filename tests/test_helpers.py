@@ -114,7 +114,7 @@ def test_an_isolated_run_reports_the_failure(no_leftovers):
     if unavailable_reason():
         pytest.skip(f"no isolated cluster on this machine: {unavailable_reason()}")
     with pytest.raises(RuntimeError, match="ZeroDivisionError"):
-        run_isolated(lambda: 1 / 0, addresses=("127.0.0.1",), timeout_s=120)
+        run_isolated(lambda: 1 / 0, nodes=1, timeout_s=120)
 
 
 def test_code_lines_skip_blanks_and_comments():

@@ -83,12 +83,11 @@ class LiveCluster:
     joined cluster only disconnects; a started one is stopped completely.
     """
 
-    def __init__(self, address: str, spec: ClusterSpec | None, local: Cluster | None,
-                 storage_path: str | None = None) -> None:
+    def __init__(self, address: str, spec: ClusterSpec | None, local: Cluster | None) -> None:
         self.address = address
         self.spec = spec
         self._local = local
-        self._storage_path = storage_path
+        self._storage_path: str | None = None  # start_or_join's storage_path
         self._own_storage: tempfile.TemporaryDirectory | None = None
 
     @property
