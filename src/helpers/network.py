@@ -7,9 +7,15 @@ sockets the same way the tests check Ray's.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+import threading
+from collections.abc import Iterator
 
 import psutil
+
+# What a socket bound to every interface of its machine shows as its address.
+WILDCARDS = frozenset({"0.0.0.0", "::"})
 
 
 def is_loopback(host: str) -> bool:
@@ -32,3 +38,28 @@ def listening_addresses(pid: int | None = None) -> set[tuple[str, int]]:
 def exposed(addresses: set[tuple[str, int]]) -> set[tuple[str, int]]:
     """The addresses in ``addresses`` that other machines could reach."""
     return {(ip, port) for ip, port in addresses if not is_loopback(ip)}
+
+
+@contextlib.contextmanager
+def listened_during(every_s: float = 0.002) -> Iterator[set[tuple[str, int]]]:
+    """Collect the addresses this process starts listening on while the block runs.
+
+    Some libraries listen only briefly: XGBoost's workers (chapter 35) keep a listener
+    for their peers open for 30-120 ms while they form their ring. A look before or
+    after the block misses it, so a thread looks every ``every_s`` seconds meanwhile.
+    """
+    before = listening_addresses()
+    opened: set[tuple[str, int]] = set()
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.wait(every_s):
+            opened.update(listening_addresses() - before)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        yield opened
+    finally:
+        stop.set()
+        watcher.join()
