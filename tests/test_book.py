@@ -8,6 +8,7 @@ import functools
 import http.server
 import json
 import os
+import re
 import shutil
 import subprocess
 import threading
@@ -17,6 +18,7 @@ from urllib.parse import urlparse
 import pytest
 import yaml
 from conftest import ROOT, TOOLS, check_records, toc_notebooks
+from listeners import ListenerSampler
 
 from helpers import ledger
 
@@ -25,19 +27,26 @@ pytestmark = pytest.mark.book
 
 
 @pytest.fixture(scope="module")
-def built_book() -> Path:
+def book_build() -> tuple[Path, ListenerSampler]:
     """Build the whole book once (executing what changed) for every test here.
 
     Each notebook runs at the book's size on a cluster of its own: this is its one execution on
     a local cluster in a test run. A RAY_ADDRESS in the environment would make it join that one.
+    Every socket the build's kernels, clusters and libraries listen on is sampled meanwhile.
     """
     environment = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    build = subprocess.run(
-        [TOOLS / "jupyter-book", "build", ROOT, "--all", "-W", "-n", "--keep-going"],
-        capture_output=True, text=True, cwd=ROOT, timeout=3000, env=environment,
-    )
+    with ListenerSampler() as sockets:
+        build = subprocess.run(
+            [TOOLS / "jupyter-book", "build", ROOT, "--all", "-W", "-n", "--keep-going"],
+            capture_output=True, text=True, cwd=ROOT, timeout=3000, env=environment,
+        )
     assert build.returncode == 0, build.stdout[-4000:] + build.stderr[-4000:]
-    return HTML
+    return HTML, sockets
+
+
+@pytest.fixture(scope="module")
+def built_book(book_build) -> Path:
+    return book_build[0]
 
 
 def test_the_book_builds_with_warnings_as_errors(built_book):
@@ -56,6 +65,25 @@ def test_each_notebook_ran_in_the_book_and_its_claims_held(built_book, notebook)
                    if c.notebook == notebook)
     assert chapter.executed is not None, f"{notebook.name} has no execution in the book's cache"
     check_records(notebook.name, chapter.records)
+
+
+# Listeners beyond loopback that a chapter shows and checks (its claim fails when they change).
+SHOWN_IN_A_CHAPTER = {
+    # 12_lightning: PyTorch's TCPStore, which Ray Train opens on rank 0, binds every interface.
+    "TCPStore under Ray Train": re.compile(r"^ray::(RayTrainWorker|execute\._setup_torch_process_group)"),
+    # 35_xgboost: XGBoost's workers listen for their ring peers on every interface (Ray Train's
+    # workers, matched above, run the same collective).
+    "XGBoost's collective": re.compile(r"^ray::(_RemoteRayXGBoostActor|join_ring)"),
+}
+
+
+def test_every_socket_the_book_build_opened_was_on_loopback(book_build):
+    _, sockets = book_build
+    if not any("ipykernel" in s.process for s in sockets.seen):
+        pytest.skip("no notebook ran in this build: every execution came from the cache")
+    unexplained = [s for s in sockets.seen if s.reachable_from_other_machines
+                   and not any(p.match(s.process) for p in SHOWN_IN_A_CHAPTER.values())]
+    assert not unexplained, f"listening beyond loopback: {sorted(map(str, unexplained))}"
 
 
 def test_every_internal_link_resolves(built_book):

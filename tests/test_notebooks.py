@@ -17,6 +17,7 @@ import tempfile
 import nbformat
 import pytest
 from conftest import ROOT, check_records, toc_notebooks, wait_until_gone
+from listeners import ListenerSampler
 
 from helpers.gpu import cuda_gpu_count
 from helpers.machines import SimulatedCluster, unavailable_reason
@@ -76,11 +77,17 @@ def test_notebook_on_separate_machines(notebook, machines, tmp_path):
     for name, value in parameters.items():
         command += ["-p", name, json.dumps(value)]
     try:
-        done = cluster.run(command, cwd=ROOT, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+        with ListenerSampler() as sockets:
+            done = cluster.run(command, cwd=ROOT, capture_output=True, text=True,
+                               timeout=RUN_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         pytest.fail(f"{notebook.name} ran over {RUN_TIMEOUT_S} s on the simulated machines")
     if done.returncode != 0:
         pytest.fail(done.stderr[-3000:], pytrace=False)
+    # The sampler saw the notebook's kernel, and nothing it or the cluster opened is reachable
+    # from outside the machines' network (Ray's worker nodes bind wildcards, which reach only lo).
+    assert any("ipykernel" in s.process for s in sockets.seen), "no kernel socket was sampled"
+    assert not sockets.reachable, f"listening beyond the machines' network: {sockets.reachable}"
     executed = nbformat.read(output, as_version=4)
     check_records(notebook.name, records_in(executed))
     printed = "".join(o.get("text", "") for cell in executed.cells for o in cell.get("outputs", []))
