@@ -8,10 +8,12 @@ import sys
 import time
 from pathlib import Path
 
+import nbformat
 import psutil
 import pytest
 
 from helpers import ledger
+from helpers.results import declared_claims, unaccounted_claims
 
 ROOT = Path(__file__).resolve().parent.parent
 TOOLS = Path(sys.executable).parent  # the environment's commands: jupyter-book, ruff, linkchecker, ...
@@ -80,11 +82,17 @@ def _running(pid: int) -> bool:
     return False
 
 
-def check_records(name: str, records: list[dict]) -> None:
-    """A notebook's records: it claimed and measured something, and every claim held."""
+def check_records(notebook: Path, records: list[dict]) -> None:
+    """A run's records: it measured something, accounted for every claim the notebook declares
+    (checked, or not checked with a reason), and every claim it checked held."""
+    name = notebook.name
+    assert any(r["kind"] == "measurement" for r in records), f"{name} recorded no measurement"
+    declared = declared_claims(nbformat.read(notebook, as_version=4))
+    assert declared, f"{name} declares no claim in its metadata"
+    wrong = {k: v for k, v in unaccounted_claims(declared, records).items() if v}
+    assert not wrong, f"{name}: {wrong}"
     claims = [r for r in records if r["kind"] == "claim"]
     assert claims, f"{name} checked no claim"
-    assert any(r["kind"] == "measurement" for r in records), f"{name} recorded no measurement"
     failed = [f"{c['name']}: {c['detail']}" for c in claims if not c["holds"]]
     assert not failed, f"{name}: claims failed: {failed}"
 

@@ -9,7 +9,9 @@ import warnings
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import pytest
+from conftest import toc_notebooks as book_notebooks
 
 import helpers
 from helpers import gpu, results
@@ -35,6 +37,35 @@ def test_a_false_claim_raises_with_its_detail():
     helpers.claim("fine", True, "1 == 1")
     with pytest.raises(helpers.ClaimFailed, match="nodes: 1 of 3"):
         helpers.claim("nodes", False, "1 of 3")
+
+
+@pytest.mark.parametrize("not_a_bool", [[1], 1, None, "yes"])
+def test_a_claim_refuses_anything_but_a_bool(not_a_bool):
+    with pytest.raises(TypeError, match="must be a bool"):
+        helpers.claim("truthy", not_a_bool, "")
+    helpers.claim("numpy's bool is a bool", np.array([1, 2]).all(), "")
+
+
+def test_a_run_must_account_for_every_declared_claim():
+    declared = {"checked": {"fails_if": "..."}, "skipped": {"fails_if": "..."},
+                "forgotten": {"fails_if": "..."}}
+    records = [{"kind": "claim", "name": "checked", "holds": True, "detail": ""},
+               {"kind": "not checked", "name": "skipped", "because": "no GPU"},
+               {"kind": "claim", "name": "undeclared", "holds": True, "detail": ""},
+               {"kind": "claim", "name": "undeclared", "holds": True, "detail": ""}]
+    assert results.unaccounted_claims(declared, records) == {
+        "declared, not accounted for": ["forgotten"],
+        "made, not declared": ["undeclared", "undeclared"], "made twice": ["undeclared"]}
+    with pytest.raises(ValueError, match="say why"):
+        helpers.not_checked("skipped", "")
+
+
+def test_every_notebook_declares_what_would_make_each_claim_fail():
+    for notebook in book_notebooks():
+        declared = results.declared_claims(nbformat.read(notebook, as_version=4))
+        assert declared, f"{notebook.name} declares no claim"
+        vague = [name for name, d in declared.items() if len(d.get("fails_if", "")) < 15]
+        assert not vague, f"{notebook.name}: no 'fails_if' for {vague}"
 
 
 def test_records_are_read_back_from_outputs():
@@ -168,11 +199,15 @@ def test_a_ledger_chapter_shows_measurements_claims_and_machine():
          "compared_to": "memcpy"},
         {"kind": "claim", "name": "fast", "holds": True, "detail": "2.5 GB/s"},
     ]
-    chapter = Chapter(Path("n.ipynb"), "N", None, records)
+    records.append({"kind": "not checked", "name": "gpu", "because": "no GPU here"})
+    declared = {"fast": {"fails_if": "slow", "negative_control": "test_slow"}, "gpu": {"fails_if": "no gpu"}}
+    chapter = Chapter(Path("n.ipynb"), "N", None, records, declared)
     assert chapter.machine() == "2 CPUs, 23.5 GiB, no GPU, Ray 2.60.0; cluster started here, 3 nodes"
     table = chapter.table()
-    assert table["result"].tolist() == ["2.5 GB/s", "holds"]
-    assert table["compared to"].tolist() == ["memcpy", ""]
+    assert table["result"].tolist() == ["2.5 GB/s", "holds", "not checked here"]
+    assert table["compared to, or fails if"].tolist() == [
+        "memcpy", "fails if slow (negative control: test_slow)", "fails if no gpu"]
+    assert table["detail"].tolist()[-1] == "no GPU here"
 
 
 def test_figure_sets_title_and_labels():

@@ -41,7 +41,7 @@ def test_notebook_gpu_variant(notebook, tmp_path, no_leftovers):
         result = execute(notebook, tmp_path / notebook.name, {"smoke": True, "use_gpu": True})
     except NotebookFailed as error:
         pytest.fail(str(error), pytrace=False)
-    check_records(notebook.name, result.records)
+    check_records(notebook, result.records)
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +89,7 @@ def test_notebook_on_separate_machines(notebook, machines, tmp_path):
     assert any("ipykernel" in s.process for s in sockets.seen), "no kernel socket was sampled"
     assert not sockets.reachable, f"listening beyond the machines' network: {sockets.reachable}"
     executed = nbformat.read(output, as_version=4)
-    check_records(notebook.name, records_in(executed))
+    check_records(notebook, records_in(executed))
     printed = "".join(o.get("text", "") for cell in executed.cells for o in cell.get("outputs", []))
     assert f"LiveCluster({cluster.address}, joined)" in printed
     assert re.search(rf"^total\s+{len(cluster.node_addresses)} nodes", printed, re.MULTILINE)

@@ -16,7 +16,7 @@
 from helpers.cluster import InfeasibleRequest, LiveCluster, MissingDashboard, MissingStorage, start_or_join
 from helpers.gpu import cuda_gpu_count, gpus_to_use
 from helpers.plots import figure
-from helpers.results import ClaimFailed, claim, measure
+from helpers.results import ClaimFailed, claim, measure, not_checked
 from helpers.timing import Timing, time_it, within
 
 __all__ = [
@@ -31,6 +31,7 @@ __all__ = [
     "figure",
     "gpus_to_use",
     "measure",
+    "not_checked",
     "start_or_join",
     "time_it",
     "within",

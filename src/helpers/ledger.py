@@ -17,17 +17,19 @@ import nbformat
 import yaml
 from jupyter_cache import get_cache
 
-from helpers.results import records_in
+from helpers.results import declared_claims, records_in
 
 
 @dataclass(frozen=True)
 class Chapter:
-    """One notebook and the records of its latest execution (``executed`` is None if it has none)."""
+    """One notebook, the claims it declares, and the records of its latest execution
+    (``executed`` is None if it has none)."""
 
     notebook: Path
     title: str
     executed: datetime | None
     records: list[dict[str, Any]]
+    declared: dict[str, dict[str, str]]
 
     def machine(self) -> str:
         """What it ran on, in words, from the notebook's own machine record."""
@@ -40,7 +42,8 @@ class Chapter:
                 f"cluster {m['cluster']}")
 
     def table(self):
-        """Measurements and claims, one row each, in the order the notebook made them."""
+        """Measurements and claims, one row each, in the order the notebook made them; a claim
+        with what would have made it fail, as the notebook declares it."""
         import pandas as pd
 
         rows = []
@@ -49,9 +52,19 @@ class Chapter:
                 rows.append(("measured", r["name"], f"{r['value']:.4g} {r['unit']}",
                              r.get("compared_to", ""), r["note"]))
             elif r["kind"] == "claim":
-                rows.append(("claim", r["name"], "holds" if r["holds"] else "FAILED", "", r["detail"]))
-        columns = ["kind", "what", "result", "compared to", "detail"]
+                rows.append(("claim", r["name"], "holds" if r["holds"] else "FAILED",
+                             self._fails_if(r["name"]), r["detail"]))
+            elif r["kind"] == "not checked":
+                rows.append(("claim", r["name"], "not checked here", self._fails_if(r["name"]),
+                             r["because"]))
+        columns = ["kind", "what", "result", "compared to, or fails if", "detail"]
         return pd.DataFrame(rows, columns=columns)
+
+    def _fails_if(self, claim: str) -> str:
+        declared = self.declared.get(claim, {})
+        text = f"fails if {declared['fails_if']}" if "fails_if" in declared else ""
+        control = declared.get("negative_control")
+        return f"{text} (negative control: {control})" if control else text
 
 
 def toc_notebooks(toc: Path) -> list[Path]:
@@ -72,13 +85,14 @@ def chapters(toc: Path, cache_path: Path) -> list[Chapter]:
     found = []
     for notebook in toc_notebooks(toc):
         title = _title(notebook)
+        declared = declared_claims(nbformat.read(notebook, as_version=4))
         try:
             record = cache.match_cache_file(str(notebook))
         except KeyError:  # changed since it last ran, or never ran
-            found.append(Chapter(notebook, title, None, []))
+            found.append(Chapter(notebook, title, None, [], declared))
             continue
         executed = cache.get_cache_bundle(record.pk).nb
-        found.append(Chapter(notebook, title, record.created, records_in(executed)))
+        found.append(Chapter(notebook, title, record.created, records_in(executed), declared))
     return found
 
 

@@ -4,6 +4,11 @@ Each record is displayed as an output with its own MIME type, holding JSON,
 beside a plain-text line for people. The executed notebook therefore carries
 its own results: the tests, the benchmark script and the results ledger all
 read them from there, with :func:`records_in`.
+
+A notebook declares the claims it makes in its metadata, each with what would
+make it fail (:func:`declared_claims`). A run must account for every one:
+checked with :func:`claim`, or recorded with :func:`not_checked` and the reason
+(no GPU here, a cluster this notebook may not kill a node of).
 """
 
 from __future__ import annotations
@@ -11,6 +16,8 @@ from __future__ import annotations
 import json
 import math
 from typing import Any
+
+import numpy as np
 
 MIME_TYPE = "application/vnd.ray-library-patterns.record+json"
 
@@ -47,13 +54,44 @@ def claim(name: str, holds: bool, detail: str) -> None:
     """Record a named claim; raise :class:`ClaimFailed` if it does not hold.
 
     ``detail`` says what was compared, with the numbers, so that a failure
-    explains itself: "3 of 3 nodes ran a task", "get took 0.4 ms at 1 GiB".
+    explains itself: "3 of 3 nodes ran a task", "4 copies for 24 calls".
+    ``holds`` must be a boolean (Python's or NumPy's): a list, a number or
+    None would hold or fail by its truthiness, not by a comparison.
     """
+    if not isinstance(holds, (bool, np.bool_)):
+        raise TypeError(f"claim {name!r}: holds must be a bool, not {type(holds).__name__}; "
+                        "compare explicitly (len(found) > 0, value is not None)")
     holds = bool(holds)
     _emit({"kind": "claim", "name": name, "holds": holds, "detail": detail},
           f"{'claim holds' if holds else 'CLAIM FAILED'}  {name}: {detail}")
     if not holds:
         raise ClaimFailed(f"{name}: {detail}")
+
+
+def not_checked(name: str, because: str) -> None:
+    """Record that a declared claim was not checked on this run, and why."""
+    if not because:
+        raise ValueError(f"not_checked({name!r}): say why the claim was not checked")
+    _emit({"kind": "not checked", "name": name, "because": because},
+          f"not checked  {name}: {because}")
+
+
+def declared_claims(notebook: dict) -> dict[str, dict[str, str]]:
+    """The claims a notebook declares in its metadata, by name.
+
+    Each says what would make it fail (``fails_if``); a chapter's central claim
+    also names its ``negative_control``, the test that switches the mechanism
+    off and sees the claim fail.
+    """
+    return notebook.get("metadata", {}).get("ray_library_patterns", {}).get("claims", {})
+
+
+def unaccounted_claims(declared: dict, records: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """Declared claims a run neither checked nor recorded as not checked, and the reverse."""
+    made = [r["name"] for r in records if r["kind"] in ("claim", "not checked")]
+    return {"declared, not accounted for": [n for n in declared if n not in made],
+            "made, not declared": [n for n in made if n not in declared],
+            "made twice": sorted({n for n in made if made.count(n) > 1})}
 
 
 def records_in(notebook: dict) -> list[dict[str, Any]]:
