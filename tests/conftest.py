@@ -12,6 +12,7 @@ import nbformat
 import psutil
 import pytest
 
+import helpers
 from helpers import ledger
 from helpers.results import declared_claims, unaccounted_claims
 
@@ -105,3 +106,11 @@ def no_leftovers():
     left = wait_until_gone(ray_processes() - before_pids)
     assert not left, f"Ray processes left running: {sorted(left)}"
     assert shm_files() <= before_shm, f"/dev/shm files left: {sorted(shm_files() - before_shm)}"
+
+
+@pytest.fixture
+def cluster(no_leftovers):
+    """A small local cluster (a head and one worker node, 1 CPU each), stopped after the test."""
+    live = helpers.start_or_join(None, worker_nodes=1, quiet=True)
+    yield live
+    live.shutdown()

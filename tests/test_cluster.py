@@ -19,13 +19,6 @@ from helpers.progress import RoundsBar
 from helpers.store import objects_created_by
 
 
-@pytest.fixture
-def cluster(no_leftovers):
-    live = helpers.start_or_join(None, worker_nodes=1, quiet=True)
-    yield live
-    live.shutdown()
-
-
 def our_processes() -> list[psutil.Process]:
     return [psutil.Process(), *psutil.Process().children(recursive=True)]
 
