@@ -2,6 +2,8 @@
 
 * :mod:`helpers.cluster`: start or join a live cluster, check a request fits.
 * :mod:`helpers.results`: record measurements and claims for the tests.
+* :mod:`helpers.checks`: the checks behind each chapter's central claim, which the
+  negative controls in tests/test_controls.py run with the mechanism switched off.
 * :mod:`helpers.timing`: repeat, median, spread; bound a call that may hang.
 * :mod:`helpers.store`: count the objects that calls put into the store.
 * :mod:`helpers.network`: which addresses a process listens on.

@@ -1,0 +1,115 @@
+"""The checks behind each chapter's central claim.
+
+A chapter makes its central claim with one of these::
+
+    helpers.claim("tasks ran on every node", *checks.ran_on_every_node(task_nodes, node_ids))
+
+and a negative control in ``tests/test_controls.py`` runs the same check on
+what Ray gives with the chapter's mechanism switched off (tasks pinned to one
+node, ranks that do not average their gradients, a copy forced on every read)
+and sees it fail. A check that nothing could make fail would prove nothing.
+
+Each returns ``(holds, detail)``: the last two arguments of :func:`helpers.claim`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+Check = tuple[bool, str]
+MB = 2**20
+
+
+def ran_on_every_node(task_nodes: Sequence[str], node_ids: Collection[str]) -> Check:
+    """00: every node of the cluster ran at least one of the tasks."""
+    ran, nodes = set(task_nodes), set(node_ids)
+    return ran == nodes, (f"{len(ran & nodes)} of {len(nodes)} nodes ran at least one of "
+                          f"{len(task_nodes)} tasks")
+
+
+def weights_digest(tensors: Iterable[Any]) -> str:
+    """A short fingerprint of a model's weights (torch tensors): equal only if every value is."""
+    digest = hashlib.sha256()
+    for tensor in tensors:
+        digest.update(tensor.detach().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def identical_weights(digests: Sequence[str]) -> Check:
+    """10, 11, 12: every rank ended with the same weights (compared by :func:`weights_digest`)."""
+    distinct = sorted(set(digests))
+    return len(digests) > 1 and len(distinct) == 1, f"{len(digests)} ranks, weights {distinct}"
+
+
+def shared_by_the_pool(calls_per_actor: Sequence[int], items: int) -> Check:
+    """20: every actor of the pool served some of the items, and together all of them."""
+    holds = len(calls_per_actor) > 1 and sum(calls_per_actor) == items and min(calls_per_actor) > 0
+    return holds, f"{items} items: {list(calls_per_actor)} calls per actor"
+
+
+def same_top_k(ids: Any, scores: Any, exact_ids: Any, exact_scores: Any) -> Check:
+    """22: a merged answer (arrays of question x rank) is the single index's: the same passages
+    in the same order, with the same scores."""
+    same = bool(np.array_equal(ids, exact_ids) and np.allclose(scores, exact_scores))
+    matching = np.mean(np.asarray(ids) == np.asarray(exact_ids)) if np.shape(ids) == np.shape(exact_ids) else 0.0
+    return same, f"{matching:.1%} of {np.size(exact_ids)} top-k entries match the single index's"
+
+
+def one_worker_per_cpu(workers: Mapping[int, tuple[str, float]], cpus_by_node: Mapping[str, int]) -> Check:
+    """21: a pool ran one worker per CPU of every node, each holding the CPU Ray reserved for it.
+
+    ``workers`` maps each worker's pid to its node and the CPUs Ray assigned it. A worker that
+    holds no CPU could be anywhere: where it landed proves nothing about the CPUs.
+    """
+    per_node = Counter(node for node, _ in workers.values())
+    holding = sum(cpus == 1 for _, cpus in workers.values())
+    return dict(per_node) == dict(cpus_by_node) and holding == len(workers), (
+        f"workers {dict(sorted(per_node.items()))}; CPUs {dict(sorted(cpus_by_node.items()))}; "
+        f"{holding} of {len(workers)} hold a CPU")
+
+
+def read_without_copying(reads: Sequence[Mapping[str, Any]], megabytes: int) -> Check:
+    """30: each reader (a process of its own) got a read-only array and copied under a tenth of it.
+
+    A read is ``{"pid", "writeable", "private_growth" (bytes), "intact"}``.
+    """
+    holds = (len({r["pid"] for r in reads}) == len(reads) > 1
+             and all(not r["writeable"] and r["private_growth"] < 0.1 * megabytes * MB and r["intact"]
+                     for r in reads))
+    growth = max((r["private_growth"] for r in reads), default=0)
+    return holds, (f"{len(reads)} workers, {sum(not r['writeable'] for r in reads)} read-only, "
+                   f"private growth at most {growth / MB:.1f} MB of {megabytes} MB")
+
+
+def rebuilt_from_lineage(runs: Sequence[str], victim: str, intact: bool) -> Check:
+    """31: the task ran twice, first on the node that was then killed, then on another; the
+    value came back intact. ``runs`` are the nodes the task ran on, in order."""
+    holds = len(runs) == 2 and runs[0] == victim and runs[1] != victim and intact
+    where = ", then ".join("the killed node" if node == victim else "another node" for node in runs)
+    return holds, f"the task ran {len(runs)} times: on {where or 'no node'}; intact: {intact}"
+
+
+def stored_once_per_node(copies: int, task_nodes: Sequence[str]) -> Check:
+    """32: one copy of the shared table per node that ran a task, fewer than the tasks."""
+    nodes = len(set(task_nodes))
+    return copies == nodes < len(task_nodes), f"{copies} copies for {len(task_nodes)} tasks on {nodes} nodes"
+
+
+def stored_once_by_reference(by_value: int, by_reference: int, calls: int) -> Check:
+    """40: objects Ray stored for ``calls`` calls: one per call by value, one in all by reference."""
+    return ((by_value, by_reference) == (calls, 1),
+            f"{by_value} objects by value, {by_reference} by reference, for {calls} calls")
+
+
+def results_in_the_store(result_sizes_mb: Sequence[float | None], chunks: int, data_mb: float) -> Check:
+    """34: more task results in shared memory than the input has chunks, and more bytes than the
+    input. ``result_sizes_mb`` holds one entry per task result, None for one not in the store."""
+    stored = [mb for mb in result_sizes_mb if mb is not None]
+    return len(stored) > chunks and sum(stored) > data_mb, (
+        f"{len(stored)} of {len(result_sizes_mb)} task results in shared memory, "
+        f"{sum(stored):.0f} MB, for {chunks} chunks of {data_mb:.0f} MB")
