@@ -18,7 +18,7 @@ import helpers
 from helpers import gpu, results
 from helpers.book import RecordRenderer, public_repository_url
 from helpers.isolated import run_isolated, unavailable_reason
-from helpers.ledger import Chapter, toc_notebooks
+from helpers.ledger import Chapter, central_claims, toc_notebooks
 from helpers.lines import code_lines, integration_lines, package_lines, ray_features
 from helpers.network import exposed, is_loopback, listening_addresses
 from helpers.run import MissingKernel, NotebookFailed, UnknownParameter, declared_parameters, execute, main
@@ -235,6 +235,12 @@ def test_a_ledger_chapter_shows_measurements_claims_and_machine():
     assert table["compared to, or fails if"].tolist() == [
         "memcpy", "fails if slow (negative control: test_slow)", "fails if no gpu"]
     assert table["detail"].tolist()[-1] == "no GPU here"
+    assert (chapter.result("fast"), chapter.result("gpu"), chapter.result("other")) == (
+        "holds", "not checked here", "not run")
+    without = Chapter(Path("m.ipynb"), "M", None, [], {"gpu": {"fails_if": "no gpu"}})
+    central = central_claims([chapter, without])
+    assert central.values.tolist() == [["N", "fast", "slow", "test_slow", "holds"],
+                                       ["M", "none named yet", "", "", ""]]
 
 
 def test_figure_sets_title_and_labels():

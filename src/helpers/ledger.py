@@ -60,11 +60,35 @@ class Chapter:
         columns = ["kind", "what", "result", "compared to, or fails if", "detail"]
         return pd.DataFrame(rows, columns=columns)
 
+    def result(self, claim: str) -> str:
+        """How a claim fared in the latest execution: holds, FAILED, not checked here, not run."""
+        for r in self.records:
+            if r.get("name") == claim and r["kind"] == "claim":
+                return "holds" if r["holds"] else "FAILED"
+            if r.get("name") == claim and r["kind"] == "not checked":
+                return "not checked here"
+        return "not run"
+
     def _fails_if(self, claim: str) -> str:
         declared = self.declared.get(claim, {})
         text = f"fails if {declared['fails_if']}" if "fails_if" in declared else ""
         control = declared.get("negative_control")
         return f"{text} (negative control: {control})" if control else text
+
+
+def central_claims(book: list[Chapter]):
+    """One row per chapter: its central claim (the one that names a negative control), what
+    would make it fail, the control that switches its mechanism off, and how it fared."""
+    import pandas as pd
+
+    rows = []
+    for chapter in book:
+        central = [(name, d) for name, d in chapter.declared.items() if "negative_control" in d]
+        for name, declared in central or [("none named yet", {})]:
+            rows.append((chapter.title, name, declared.get("fails_if", ""),
+                         declared.get("negative_control", ""), chapter.result(name) if declared else ""))
+    return pd.DataFrame(rows, columns=["chapter", "central claim", "fails if", "negative control",
+                                       "in this build"])
 
 
 def toc_notebooks(toc: Path) -> list[Path]:
