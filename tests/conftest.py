@@ -58,6 +58,18 @@ def ray_processes() -> set[int]:
     return found
 
 
+def describe(pids: set[int]) -> list[str]:
+    """Each process as "pid name command line", for a message that says what was left."""
+    found = []
+    for pid in sorted(pids):
+        try:
+            proc = psutil.Process(pid)
+            found.append(f"{pid} {proc.name()} {' '.join(proc.cmdline())[:200]}")
+        except psutil.NoSuchProcess:
+            found.append(f"{pid} (gone)")
+    return found
+
+
 def shm_files() -> set[str]:
     return set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
 
@@ -104,7 +116,7 @@ def no_leftovers():
     before_pids, before_shm = ray_processes(), shm_files()
     yield
     left = wait_until_gone(ray_processes() - before_pids)
-    assert not left, f"Ray processes left running: {sorted(left)}"
+    assert not left, f"Ray processes left running: {describe(left)}"
     assert shm_files() <= before_shm, f"/dev/shm files left: {sorted(shm_files() - before_shm)}"
 
 

@@ -21,11 +21,25 @@ from typing import Any
 
 import nbformat
 import papermill
+from jupyter_client import AsyncKernelManager
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+from traitlets import Float
 
 from helpers.results import records_in
 
 CELL_TIMEOUT_S = 600
+
+
+class PatientKernelManager(AsyncKernelManager):
+    """A kernel given a minute to exit.
+
+    A notebook whose cell failed stops its cluster when its kernel exits (helpers.cluster
+    registers that at exit). On two cores that takes more than jupyter_client's 5 s, and
+    half-way through it sends SIGTERM, which ends the kernel without running what was
+    registered: the cluster's worker processes would be left running.
+    """
+
+    shutdown_wait_time = Float(60.0)
 
 
 class UnknownParameter(ValueError):
@@ -99,6 +113,7 @@ def execute(
         papermill.execute_notebook(
             str(notebook), str(output), parameters=parameters, kernel_name=kernel,
             execution_timeout=cell_timeout, progress_bar=False, cwd=str(notebook.parent),
+            kernel_manager_class=PatientKernelManager,
         )
     except papermill.PapermillExecutionError as error:
         first_line = error.source.strip().splitlines()[0] if error.source.strip() else ""
