@@ -25,7 +25,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 import helpers
 from helpers import checks
 from helpers.run import NotebookFailed, execute
-from helpers.store import objects_created_by
+from helpers.store import held_sizes, objects_created_by
 
 MB = 2**20
 
@@ -249,6 +249,28 @@ def test_32_40_an_argument_passed_by_value_is_stored_once_per_call(small_cluster
     assert not checks.stored_once_by_reference(by_value, by_value, calls)[0]
 
 
+@ray.remote
+def part_of(table: np.ndarray, first: int, last: int) -> np.ndarray:
+    return table[first:last].copy()
+
+
+def test_33_35_parts_returned_inline_are_in_no_store(small_cluster):
+    """33 and 35 claim that a table is held in the object store, one object per partition or
+    shard. Ray keeps a task's return value in a node's store only above 100 KiB: a smaller one
+    travels inline to the caller and lives in the caller's memory. Cut into parts that small,
+    the same table is in no store, and the check sees it."""
+    table = np.ones(4 * MB // 8)
+    table_ref = ray.put(table)
+
+    def part_sizes(parts: int) -> list[int | None]:
+        bounds = np.linspace(0, len(table), parts + 1).astype(int)
+        return held_sizes([part_of.remote(table_ref, first, last) for first, last in zip(bounds[:-1], bounds[1:])])
+
+    assert checks.held_in_the_store(part_sizes(4), 4, table.nbytes)[0]  # 1 MiB each
+    holds, detail = checks.held_in_the_store(part_sizes(64), 64, table.nbytes)  # 64 KiB each
+    assert not holds, detail
+
+
 def test_34_dask_on_its_own_threads_leaves_nothing_in_the_store(small_cluster):
     """34 claims that a Dask array's intermediate chunks are objects in Ray's store. With Dask's
     own thread scheduler instead of Ray's, the same computation leaves none there."""
@@ -269,9 +291,7 @@ def test_34_dask_on_its_own_threads_leaves_nothing_in_the_store(small_cluster):
     def result_sizes(scheduler) -> list[float | None]:
         with Results() as results:
             column_means.compute(scheduler=scheduler)
-        ray.wait(results.refs, num_returns=len(results.refs), fetch_local=False)
-        found = ray.experimental.get_object_locations(results.refs)
-        return [(found[r]["object_size"] or 0) / MB if found[r]["node_ids"] else None for r in results.refs]
+        return [None if size is None else size / MB for size in held_sizes(results.refs)]
 
     assert checks.results_in_the_store(result_sizes(ray_dask_get), matrix.npartitions, matrix.nbytes / MB)[0]
     holds, detail = checks.results_in_the_store(result_sizes("threads"), matrix.npartitions, matrix.nbytes / MB)

@@ -106,6 +106,20 @@ def stored_once_by_reference(by_value: int, by_reference: int, calls: int) -> Ch
             f"{by_value} objects by value, {by_reference} by reference, for {calls} calls")
 
 
+def held_in_the_store(sizes: Sequence[int | None], parts: int, data_bytes: float) -> Check:
+    """33, 35: a table held in the object store as ``parts`` objects (more than one), each in a
+    node's store, together 0.9 to 1.25 times the table's bytes.
+
+    ``sizes`` are the objects' sizes in bytes, None for one that no node's store holds (see
+    :func:`helpers.store.held_sizes`).
+    """
+    stored = [size for size in sizes if size is not None]
+    ratio = sum(stored) / data_bytes if data_bytes else 0.0
+    holds = len(sizes) == parts > 1 and len(stored) == parts and 0.9 <= ratio <= 1.25
+    return holds, (f"{len(stored)} of {len(sizes)} objects in a node's store, {parts} expected; "
+                   f"{sum(stored) / MB:.1f} MB stored for {data_bytes / MB:.1f} MB of data")
+
+
 def results_in_the_store(result_sizes_mb: Sequence[float | None], chunks: int, data_mb: float) -> Check:
     """34: more task results in shared memory than the input has chunks, and more bytes than the
     input. ``result_sizes_mb`` holds one entry per task result, None for one not in the store."""

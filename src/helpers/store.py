@@ -59,6 +59,17 @@ def objects_created_by(submit: Callable[[ray.ObjectRef], list[ray.ObjectRef]]) -
     return created, results
 
 
+def held_sizes(refs: list[ray.ObjectRef]) -> list[int | None]:
+    """Each object's size in bytes where a node's object store holds it, else None.
+
+    A value of 100 KiB or less returned by a task travels inline to its owner and lives in
+    the owner's memory, in no store. Waits until every object exists.
+    """
+    ray.wait(refs, num_returns=len(refs), fetch_local=False)
+    found = ray.experimental.get_object_locations(refs)
+    return [found[ref]["object_size"] if found[ref]["node_ids"] else None for ref in refs]
+
+
 def spill_counters(address: str) -> dict[str, float]:
     """MiB and objects spilled to disk and restored so far, cluster-wide; 0 when none."""
     text = memory_summary(address=address, stats_only=True)
