@@ -52,14 +52,6 @@ def shared_by_the_pool(calls_per_actor: Sequence[int], items: int) -> Check:
     return holds, f"{items} items: {list(calls_per_actor)} calls per actor"
 
 
-def same_top_k(ids: Any, scores: Any, exact_ids: Any, exact_scores: Any) -> Check:
-    """22: a merged answer (arrays of question x rank) is the single index's: the same passages
-    in the same order, with the same scores."""
-    same = bool(np.array_equal(ids, exact_ids) and np.allclose(scores, exact_scores))
-    matching = np.mean(np.asarray(ids) == np.asarray(exact_ids)) if np.shape(ids) == np.shape(exact_ids) else 0.0
-    return same, f"{matching:.1%} of {np.size(exact_ids)} top-k entries match the single index's"
-
-
 def one_worker_per_cpu(workers: Mapping[int, tuple[str, float]], cpus_by_node: Mapping[str, int]) -> Check:
     """21: a pool ran one worker per CPU of every node, each holding the CPU Ray reserved for it.
 
@@ -71,6 +63,14 @@ def one_worker_per_cpu(workers: Mapping[int, tuple[str, float]], cpus_by_node: M
     return dict(per_node) == dict(cpus_by_node) and holding == len(workers), (
         f"workers {dict(sorted(per_node.items()))}; CPUs {dict(sorted(cpus_by_node.items()))}; "
         f"{holding} of {len(workers)} hold a CPU")
+
+
+def same_top_k(ids: Any, scores: Any, exact_ids: Any, exact_scores: Any) -> Check:
+    """22: a merged answer (arrays of question x rank) is the single index's: the same passages
+    in the same order, with the same scores."""
+    same = bool(np.array_equal(ids, exact_ids) and np.allclose(scores, exact_scores))
+    matching = np.mean(np.asarray(ids) == np.asarray(exact_ids)) if np.shape(ids) == np.shape(exact_ids) else 0.0
+    return same, f"{matching:.1%} of {np.size(exact_ids)} top-k entries match the single index's"
 
 
 def read_without_copying(reads: Sequence[Mapping[str, Any]], megabytes: int) -> Check:
@@ -100,12 +100,6 @@ def stored_once_per_node(copies: int, task_nodes: Sequence[str]) -> Check:
     return copies == nodes < len(task_nodes), f"{copies} copies for {len(task_nodes)} tasks on {nodes} nodes"
 
 
-def stored_once_by_reference(by_value: int, by_reference: int, calls: int) -> Check:
-    """40: objects Ray stored for ``calls`` calls: one per call by value, one in all by reference."""
-    return ((by_value, by_reference) == (calls, 1),
-            f"{by_value} objects by value, {by_reference} by reference, for {calls} calls")
-
-
 def held_in_the_store(sizes: Sequence[int | None], parts: int, data_bytes: float) -> Check:
     """33, 35: a table held in the object store as ``parts`` objects (more than one), each in a
     node's store, together 0.9 to 1.25 times the table's bytes.
@@ -127,3 +121,9 @@ def results_in_the_store(result_sizes_mb: Sequence[float | None], chunks: int, d
     return len(stored) > chunks and sum(stored) > data_mb, (
         f"{len(stored)} of {len(result_sizes_mb)} task results in shared memory, "
         f"{sum(stored):.0f} MB, for {chunks} chunks of {data_mb:.0f} MB")
+
+
+def stored_once_by_reference(by_value: int, by_reference: int, calls: int) -> Check:
+    """40: objects Ray stored for ``calls`` calls: one per call by value, one in all by reference."""
+    return ((by_value, by_reference) == (calls, 1),
+            f"{by_value} objects by value, {by_reference} by reference, for {calls} calls")
