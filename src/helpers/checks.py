@@ -26,7 +26,7 @@ MB = 2**20
 
 
 def ran_on_every_node(task_nodes: Sequence[str], node_ids: Collection[str]) -> Check:
-    """00: every node of the cluster ran at least one of the tasks."""
+    """00: every node that can run a task (pass the nodes with a CPU) ran at least one."""
     ran, nodes = set(task_nodes), set(node_ids)
     return ran == nodes, (f"{len(ran & nodes)} of {len(nodes)} nodes ran at least one of "
                           f"{len(task_nodes)} tasks")
@@ -56,12 +56,14 @@ def one_worker_per_cpu(workers: Mapping[int, tuple[str, float]], cpus_by_node: M
     """21: a pool ran one worker per CPU of every node, each holding the CPU Ray reserved for it.
 
     ``workers`` maps each worker's pid to its node and the CPUs Ray assigned it. A worker that
-    holds no CPU could be anywhere: where it landed proves nothing about the CPUs.
+    holds no CPU could be anywhere: where it landed proves nothing about the CPUs. Nodes
+    without a CPU (a head kept for the drivers) take no worker.
     """
     per_node = Counter(node for node, _ in workers.values())
-    holding = sum(cpus == 1 for _, cpus in workers.values())
-    return dict(per_node) == dict(cpus_by_node) and holding == len(workers), (
-        f"workers {dict(sorted(per_node.items()))}; CPUs {dict(sorted(cpus_by_node.items()))}; "
+    cpus = {node: count for node, count in cpus_by_node.items() if count}
+    holding = sum(held == 1 for _, held in workers.values())
+    return dict(per_node) == cpus and holding == len(workers), (
+        f"workers {dict(sorted(per_node.items()))}; CPUs {dict(sorted(cpus.items()))}; "
         f"{holding} of {len(workers)} hold a CPU")
 
 
@@ -94,23 +96,26 @@ def rebuilt_from_lineage(runs: Sequence[str], victim: str, intact: bool) -> Chec
     return holds, f"the task ran {len(runs)} times: on {where or 'no node'}; intact: {intact}"
 
 
-def stored_once_per_node(copies: int, task_nodes: Sequence[str]) -> Check:
-    """32: one copy of the shared table per node that ran a task, fewer than the tasks."""
-    nodes = len(set(task_nodes))
-    return copies == nodes < len(task_nodes), f"{copies} copies for {len(task_nodes)} tasks on {nodes} nodes"
+def stored_once_per_node(copy_nodes: Sequence[str], task_nodes: Sequence[str]) -> Check:
+    """32: one copy of the shared table on each node that ran a task, and on no other: fewer
+    copies than tasks. ``copy_nodes`` has one entry per copy, the node that holds it."""
+    used = sorted(set(task_nodes))
+    return sorted(copy_nodes) == used and len(copy_nodes) < len(task_nodes), (
+        f"{len(copy_nodes)} copies on {len(set(copy_nodes))} nodes, for {len(task_nodes)} tasks "
+        f"on {len(used)} nodes")
 
 
-def held_in_the_store(sizes: Sequence[int | None], parts: int, data_bytes: float) -> Check:
-    """33, 35: a table held in the object store as ``parts`` objects (more than one), each in a
-    node's store, together 0.9 to 1.25 times the table's bytes.
+def held_in_the_store(sizes: Sequence[int | None], data_bytes: float) -> Check:
+    """33: a table partitioned into several objects, each held in a node's store, together
+    0.9 to 1.25 times the table's bytes.
 
     ``sizes`` are the objects' sizes in bytes, None for one that no node's store holds (see
     :func:`helpers.store.held_sizes`).
     """
     stored = [size for size in sizes if size is not None]
     ratio = sum(stored) / data_bytes if data_bytes else 0.0
-    holds = len(sizes) == parts > 1 and len(stored) == parts and 0.9 <= ratio <= 1.25
-    return holds, (f"{len(stored)} of {len(sizes)} objects in a node's store, {parts} expected; "
+    holds = len(sizes) > 1 and len(stored) == len(sizes) and 0.9 <= ratio <= 1.25
+    return holds, (f"{len(stored)} of {len(sizes)} objects in a node's store; "
                    f"{sum(stored) / MB:.1f} MB stored for {data_bytes / MB:.1f} MB of data")
 
 
