@@ -72,7 +72,8 @@ def test_every_notebook_declares_what_would_make_each_claim_fail():
 # Chapters whose central claim has no negative control yet (issue 14): each is listed by the
 # tests as skipped, with this reason, until its control lands and it leaves this list.
 WITHOUT_A_CONTROL_YET = {"13_raydp", "24_alibi", "35_xgboost"}
-CONTROLS = Path(__file__).parent / "test_controls.py"
+CONTROL_TESTS = {node.name for node in ast.parse((Path(__file__).parent / "test_controls.py").read_text()).body
+                 if isinstance(node, ast.FunctionDef)}
 
 
 @pytest.mark.parametrize("notebook", book_notebooks(), ids=lambda p: p.stem)
@@ -90,8 +91,7 @@ def test_each_chapter_names_the_negative_control_of_its_central_claim(notebook):
         exists = control.removeprefix("claim: ") in declared
     else:
         path, _, test = control.partition("::")
-        tests = {node.name for node in ast.parse(CONTROLS.read_text()).body if isinstance(node, ast.FunctionDef)}
-        exists = path == "tests/test_controls.py" and test in tests
+        exists = path == "tests/test_controls.py" and test in CONTROL_TESTS
     assert exists, f"{notebook.name}: {central!r} names the control {control!r}, which does not exist"
 
 
