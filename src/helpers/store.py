@@ -14,6 +14,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import ray
 
 # Private, but Ray has no public way to list the references a driver holds
@@ -57,6 +58,38 @@ def objects_created_by(submit: Callable[[ray.ObjectRef], list[ray.ObjectRef]]) -
     results = ray.get(pending)
     ray.kill(gate)
     return created, results
+
+
+@ray.remote
+def _length(array: Any) -> int:
+    return len(array)
+
+
+def goes_through_the_store(size: int) -> bool:
+    """Whether a task call puts a NumPy array of ``size`` bytes into the object store: the
+    call then creates an object besides its own result."""
+    array = np.ones(size, dtype=np.uint8)
+    before = owned_objects()
+    result = _length.remote(array)
+    created = owned_objects() - before  # older objects freed meanwhile do not count
+    assert ray.get(result) == size
+    return len(created) > 1
+
+
+def smallest_stored_argument(low: int = 1024, high: int = 2**20) -> int:
+    """The smallest NumPy array, in bytes of data, that a call puts into the object store
+    rather than into the call itself (chapter 20), found by bisection between ``low``
+    (inside the call) and ``high`` (through the store).
+
+    The caller's process decides, by Ray's ``max_direct_call_object_size`` (100 KiB unless
+    set), which it applies to the serialised argument: the array plus a small header.
+    """
+    if goes_through_the_store(low) or not goes_through_the_store(high):
+        raise ValueError(f"the threshold is not between {low:,} and {high:,} bytes")
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (low, middle) if goes_through_the_store(middle) else (middle, high)
+    return high
 
 
 def held_sizes(refs: list[ray.ObjectRef]) -> list[int | None]:
