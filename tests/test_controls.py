@@ -11,6 +11,8 @@ ledger shows it beside the claim."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 
 import joblib
@@ -24,8 +26,9 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 import helpers
 from helpers import checks
+from helpers.network import ports_of_actors, spark_executor_ports
 from helpers.run import NotebookFailed, execute
-from helpers.store import held_sizes, objects_created_by
+from helpers.store import held_sizes, objects_created_by, smallest_stored_argument
 
 MB = 2**20
 
@@ -40,9 +43,9 @@ def stop_at_the_end():
 
 @pytest.fixture
 def small_cluster(stop_at_the_end):
-    """A head and two worker nodes, 1 CPU each: started by the first control that asks, and
-    reused by the next ones (start_or_join returns the running one) until the module ends."""
-    return helpers.start_or_join(None, worker_nodes=2, quiet=True)
+    """A head and two worker nodes, 1 CPU each, with the state API: started by the first
+    control that asks, and reused by the next ones (start_or_join returns the running one) until the module ends."""
+    return helpers.start_or_join(None, worker_nodes=2, dashboard=True, quiet=True)  # 13 lists actors
 
 
 def on(node) -> NodeAffinitySchedulingStrategy:
@@ -106,38 +109,58 @@ def test_10_11_12_ranks_that_do_not_average_gradients_drift_apart():
     assert not checks.identical_weights(train(average=False))[0]
 
 
-@ray.remote(num_cpus=0)
-class Scorer:
-    def __init__(self) -> None:
-        self.calls = 0
+def test_13_executors_started_by_spark_itself_are_no_ray_actors(small_cluster, monkeypatch):
+    """13 claims that every Spark executor is a Ray actor: RayDP starts each executor as a
+    Java actor, so the port Spark records for it is one a live actor's process listens on.
+    Spark's own cluster manager ("local-cluster", Spark's standalone cluster on one machine)
+    starts executors that Spark knows just as well, in processes of its own: no Ray actor
+    listens on their ports, and the check fails."""
+    from pyspark import SparkContext
+    from pyspark.sql import SparkSession
+    from ray.util.state import list_actors
 
-    def score(self, x: int) -> int:
-        self.calls += 1
-        time.sleep(0.002)
-        return x * x
+    executors = 2
+    monkeypatch.setenv("SPARK_LOCAL_IP", "127.0.0.1")
+    bystander = Runs.remote()  # a live actor whose ports the check searches too
+    ray.get(bystander.read.remote())
+    spark = (SparkSession.builder.master(f"local-cluster[{executors},1,512]")
+             .config("spark.ui.enabled", "false").config("spark.executor.memory", "512m")
+             .config("spark.driver.host", "127.0.0.1").config("spark.driver.bindAddress", "127.0.0.1")
+             .getOrCreate())
+    try:
+        ports = helpers.within(120, "Spark's executors registering", registered, spark, executors)
+        actors = list_actors(address=small_cluster.address, filters=[("state", "=", "ALIVE")])
+        holds, detail = checks.executors_are_ray_actors(ports, ports_of_actors(actors), executors)
+    finally:
+        spark.stop()
+        SparkContext._gateway.shutdown()  # and Spark's driver JVM: else it lives as long as pytest
+        SparkContext._gateway.proc.terminate()
+        SparkContext._gateway.proc.wait()
+        SparkContext._gateway = SparkContext._jvm = None
+        ray.kill(bystander)
+    assert not holds, detail
 
-    def calls_served(self) -> int:
-        return self.calls
+
+def registered(spark, executors: int) -> list[int]:
+    while len(ports := spark_executor_ports(spark)) < executors:
+        time.sleep(0.2)
+    return ports
 
 
-def test_20_calls_sent_to_one_actor_are_not_shared(small_cluster):
-    """20 claims that the actor pool shared the items between its actors. The pool hands each
-    item to an idle actor; calls that all go to one actor, as without it, are not shared."""
-    items = 40
-
-    def served(submit) -> list[int]:
-        scorers = [Scorer.remote() for _ in range(2)]
-        ray.get([s.calls_served.remote() for s in scorers])  # both up before the first item
-        submit(scorers)
-        calls = ray.get([s.calls_served.remote() for s in scorers])
-        for scorer in scorers:
-            ray.kill(scorer)
-        return calls
-
-    pooled = served(lambda scorers: list(ActorPool(scorers).map(lambda a, x: a.score.remote(x), range(items))))
-    to_one = served(lambda scorers: ray.get([scorers[0].score.remote(x) for x in range(items)]))
-    assert checks.shared_by_the_pool(pooled, items)[0]
-    assert not checks.shared_by_the_pool(to_one, items)[0]
+def test_20_a_driver_with_another_inline_limit_stores_smaller_arguments(small_cluster):
+    """20 claims that the object store takes over at Ray's 100 KiB: an argument above it is
+    put into the store, one below it travels inside the call. The caller applies the limit,
+    from its own copy of Ray's settings: a driver started with RAY_max_direct_call_object_size
+    at 10 KiB sends smaller arrays through the store, and the check sees another threshold."""
+    assert checks.store_takes_over_at(smallest_stored_argument())[0]
+    measure = ("import ray; from helpers.store import smallest_stored_argument; "
+               f"ray.init(address={small_cluster.address!r}, logging_level='error'); "
+               "print(smallest_stored_argument())")
+    driver = subprocess.run([sys.executable, "-c", measure], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "RAY_max_direct_call_object_size": str(10 * 1024)})
+    assert driver.returncode == 0, driver.stderr[-2000:]
+    holds, detail = checks.store_takes_over_at(int(driver.stdout.split()[-1]))
+    assert not holds, detail
 
 
 def test_21_actors_that_ask_for_no_cpu_stack_up(small_cluster):
@@ -200,6 +223,43 @@ def test_22_a_fan_out_that_misses_a_shard_gives_another_answer(small_cluster):
     assert checks.same_top_k(*merge(answers, k), exact_ids, exact_scores)[0]
     holds, detail = checks.same_top_k(*merge(answers[1:], k), exact_ids, exact_scores)
     assert not holds, detail
+
+
+@ray.remote(num_cpus=0)
+class LinearExplainer:
+    """Exact SHAP values of a linear model: each coefficient times the instance's distance
+    from the background's mean, the answer Kernel SHAP approximates, without its sampling."""
+
+    def __init__(self, coefficients: np.ndarray, background_mean: np.ndarray) -> None:
+        self.coefficients, self.background_mean = coefficients, background_mean
+
+    def explain(self, batch: tuple[int, np.ndarray]) -> np.ndarray:
+        number, instances = batch
+        time.sleep(0.5 if number == 0 else 0.0)  # the first batch finishes last
+        return self.coefficients * (instances - self.background_mean)
+
+
+def test_24_batches_gathered_as_they_finish_are_not_the_sequential_attributions(small_cluster):
+    """24 claims that Alibi on Ray's actors gives the sequential attributions: it cuts the
+    instances into batches, a pool of actors explains them, and the pool's ordered map puts
+    each batch's answer back in its place. Gathered as they finish (the pool's unordered map,
+    which Alibi uses only when the caller asks for a generator and reorders), or with a batch
+    lost, the rows land in other instances' places, and the check fails."""
+    random = np.random.default_rng(0)
+    coefficients, background = random.standard_normal(5), random.standard_normal((20, 5))
+    instances = random.standard_normal((12, 5))
+    sequential = coefficients * (instances - background.mean(axis=0))
+    pool = ActorPool([LinearExplainer.remote(coefficients, background.mean(axis=0)) for _ in range(2)])
+    batches = list(enumerate(np.array_split(instances, 4)))
+
+    def explain(gather) -> np.ndarray:
+        return np.concatenate(list(gather(lambda actor, batch: actor.explain.remote(batch), batches)))
+
+    assert checks.same_attributions(explain(pool.map), sequential)[0]
+    for name, gathered in (("as they finish", explain(pool.map_unordered)),
+                           ("a batch lost", explain(pool.map)[3:])):
+        holds, detail = checks.same_attributions(gathered, sequential)
+        assert not holds, f"{name}: {detail}"
 
 
 @ray.remote(num_cpus=0)
@@ -319,6 +379,42 @@ def test_34_dask_on_its_own_threads_leaves_nothing_in_the_store(small_cluster):
     for scheduler, chunk in (("threads", 250), (ray_dask_get, 100)):  # 80 KB: results travel inline
         holds, detail = check(scheduler, chunk)
         assert not holds, f"{scheduler}, chunks of {chunk}: {detail}"
+
+
+def test_35_workers_that_read_their_rows_from_a_file_have_none_in_the_store(small_cluster, tmp_path):
+    """35 claims that xgboost_ray hands each training actor its rows through the object store:
+    it puts one shard per actor there. A Level 1 launcher lets each worker read its own rows
+    from shared storage instead, as Spark's or Horovod's workers do: the rows then reach the
+    workers through no store (the only objects are the tasks' small results), and the check
+    sees it."""
+    import pandas as pd
+    import xgboost
+    from xgboost_ray import RayDMatrix
+
+    random = np.random.default_rng(0)
+    rows, workers = 20_000, 2  # and 20 features, as in the chapter: the shards' indexes weigh little
+    train = pd.DataFrame(random.standard_normal((rows, 20)), columns=[f"f{i}" for i in range(20)])
+    train["label"] = random.integers(0, 2, rows)
+    data_bytes = train.memory_usage(index=False).sum()
+
+    matrix = RayDMatrix(train, label="label")
+    matrix.load_data(workers)
+    through_the_store = {actor: held_sizes([refs["data"], refs["label"]]) for actor, refs in matrix.refs.items()}
+
+    shared_file = tmp_path / "train.parquet"  # every node's folder on this one machine
+    train.to_parquet(shared_file)
+
+    @ray.remote(num_cpus=1)
+    def read_my_rows(rank: int) -> int:
+        mine = pd.read_parquet(shared_file).iloc[rank::workers]
+        return xgboost.DMatrix(mine.drop(columns="label"), label=mine["label"]).num_row()
+
+    from_a_file = {rank: held_sizes([read_my_rows.remote(rank)]) for rank in range(workers)}
+
+    holds, detail = checks.shards_in_the_store(through_the_store, workers, data_bytes)
+    assert holds, detail
+    holds, detail = checks.shards_in_the_store(from_a_file, workers, data_bytes)
+    assert not holds, detail
 
 
 @ray.remote(num_cpus=0)

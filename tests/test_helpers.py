@@ -69,9 +69,6 @@ def test_every_notebook_declares_what_would_make_each_claim_fail():
         assert not vague, f"{notebook.name}: no 'fails_if' for {vague}"
 
 
-# Chapters whose central claim has no negative control yet (issue 14): each is listed by the
-# tests as skipped, with this reason, until its control lands and it leaves this list.
-WITHOUT_A_CONTROL_YET = {"13_raydp", "24_alibi", "35_xgboost"}
 CONTROL_TESTS = {node.name for node in ast.parse((Path(__file__).parent / "test_controls.py").read_text()).body
                  if isinstance(node, ast.FunctionDef)}
 
@@ -80,9 +77,6 @@ CONTROL_TESTS = {node.name for node in ast.parse((Path(__file__).parent / "test_
 def test_each_chapter_names_the_negative_control_of_its_central_claim(notebook):
     declared = results.declared_claims(nbformat.read(notebook, as_version=4))
     controls = {name: d["negative_control"] for name, d in declared.items() if "negative_control" in d}
-    if notebook.stem in WITHOUT_A_CONTROL_YET:
-        assert not controls, f"{notebook.name} names a control now: take it off WITHOUT_A_CONTROL_YET"
-        pytest.skip(f"{notebook.stem}: no negative control for its central claim yet")
     assert len(controls) == 1, f"{notebook.name}: one central claim with a negative control, not {controls}"
     [(central, control)] = controls.items()
     # Either a test of tests/test_controls.py, or another claim of the chapter that runs the

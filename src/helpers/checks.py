@@ -46,6 +46,28 @@ def identical_weights(digests: Sequence[str]) -> Check:
     return len(digests) > 1 and len(distinct) == 1, f"{len(digests)} ranks, weights {distinct}"
 
 
+def executors_are_ray_actors(executor_ports: Sequence[int], actor_ports: Mapping[int, Collection[int]],
+                             executors: int) -> Check:
+    """13: Spark registered ``executors`` executors, and each runs in a Ray actor's process:
+    the port Spark records for it (see :func:`helpers.network.spark_executor_ports`) is one
+    that a live actor's process listens on. ``actor_ports`` maps each actor's pid to those
+    ports (:func:`helpers.network.ports_of_actors`)."""
+    actor_by_port = {port: pid for pid, ports in actor_ports.items() for port in ports}
+    actors = [actor_by_port.get(port) for port in executor_ports]
+    in_actors = {pid for pid in actors if pid is not None}
+    holds = len(executor_ports) == executors and None not in actors and len(in_actors) == executors
+    return holds, (f"Spark registered {len(executor_ports)} executors; {len(in_actors)} run in Ray "
+                   f"actors' processes, of {len(actor_ports)} live actors")
+
+
+def store_takes_over_at(threshold: int, limit: int = 100 * 1024) -> Check:
+    """20: the smallest array argument that went through the object store (in bytes of data,
+    see :func:`helpers.store.smallest_stored_argument`) sits just under Ray's limit for
+    arguments inside a call: serialised, an array gains a header of a few hundred bytes."""
+    return 0.98 * limit <= threshold <= limit, (f"arrays of {threshold:,} B and more went through the "
+                                                f"object store; the limit: {limit:,} B")
+
+
 def shared_by_the_pool(calls_per_actor: Sequence[int], items: int) -> Check:
     """20: every actor of the pool served some of the items, and together all of them."""
     holds = len(calls_per_actor) > 1 and sum(calls_per_actor) == items and min(calls_per_actor) > 0
@@ -73,6 +95,18 @@ def same_top_k(ids: Any, scores: Any, exact_ids: Any, exact_scores: Any) -> Chec
     same = bool(np.array_equal(ids, exact_ids) and np.allclose(scores, exact_scores))
     matching = np.mean(np.asarray(ids) == np.asarray(exact_ids)) if np.shape(ids) == np.shape(exact_ids) else 0.0
     return same, f"{matching:.1%} of {np.size(exact_ids)} top-k entries match the single index's"
+
+
+def same_attributions(distributed: Any, sequential: Any, tolerance: float = 1e-8) -> Check:
+    """24: attributions computed in batches on Ray's actors, gathered back, are the sequential
+    ones: the same shape, every value within ``tolerance``. Batches gathered in the order they
+    finished, or one lost, give other rows in the places of the instances."""
+    distributed, sequential = np.asarray(distributed), np.asarray(sequential)
+    if distributed.shape != sequential.shape:
+        return False, f"shape {distributed.shape} against the sequential {sequential.shape}"
+    largest = float(np.abs(distributed - sequential).max(initial=0.0))
+    holds = sequential.size > 0 and largest <= tolerance
+    return holds, f"largest difference {largest:.1e} over {sequential.size} values"
 
 
 def read_without_copying(reads: Sequence[Mapping[str, Any]], megabytes: int) -> Check:
@@ -126,6 +160,22 @@ def results_in_the_store(result_sizes_mb: Sequence[float | None], chunks: int, d
     return len(stored) > chunks and sum(stored) > data_mb, (
         f"{len(stored)} of {len(result_sizes_mb)} task results in shared memory, "
         f"{sum(stored):.0f} MB, for {chunks} chunks of {data_mb:.0f} MB")
+
+
+def shards_in_the_store(shards: Mapping[Any, Sequence[int | None]], workers: int, data_bytes: float) -> Check:
+    """35: each training worker's rows reached it as objects in a node's store, and together
+    those hold the training rows' bytes (0.9 to 1.25 times).
+
+    ``shards`` maps each worker to the sizes of the objects its rows were handed over in, None
+    for one in no store (see :func:`helpers.store.held_sizes`). A worker that read its rows
+    from a file has none: only its task's small result, which lives in no store.
+    """
+    stored = {worker: sum(size or 0 for size in sizes) for worker, sizes in shards.items()}
+    total = sum(stored.values())
+    holds = (len(shards) == workers and all(size > 0 for size in stored.values())
+             and 0.9 <= total / data_bytes <= 1.25)
+    return holds, (f"{sum(size > 0 for size in stored.values())} of {workers} workers' rows in a "
+                   f"node's store; {total / MB:.1f} MB stored for {data_bytes / MB:.1f} MB of rows")
 
 
 def stored_once_by_reference(by_value: int, by_reference: int, calls: int) -> Check:

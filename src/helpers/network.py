@@ -10,9 +10,13 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import threading
-from collections.abc import Iterator
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 import psutil
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 # What a socket bound to every interface of its machine shows as its address.
 WILDCARDS = frozenset({"0.0.0.0", "::"})
@@ -63,3 +67,33 @@ def listened_during(every_s: float = 0.002) -> Iterator[set[tuple[str, int]]]:
     finally:
         stop.set()
         watcher.join()
+
+
+@ray.remote(num_cpus=0)
+def _ports_on_this_node(pids: list[int]) -> dict[int, set[int]]:
+    return {pid: {port for _, port in listening_addresses(pid)} for pid in pids}
+
+
+def ports_of_actors(actors: Iterable[Any]) -> dict[int, set[int]]:
+    """The ports each actor's process listens on, by pid (chapter 13).
+
+    ``actors`` as Ray's state API lists them (``pid`` and ``node_id``). The actor may run
+    on another machine, so a task on its node looks.
+    """
+    pids_by_node = defaultdict(list)
+    for actor in actors:
+        pids_by_node[actor.node_id].append(actor.pid)
+    found = ray.get([_ports_on_this_node.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
+                     .remote(pids) for node, pids in pids_by_node.items()])
+    return {pid: ports for on_node in found for pid, ports in on_node.items()}
+
+
+def spark_executor_ports(spark: Any) -> list[int]:
+    """The port of each executor Spark's scheduler registered, its driver left out (chapter 13).
+
+    It is the port the executor's block manager serves on: Spark's own record of where the
+    executor is, whoever started its process.
+    """
+    context = spark.sparkContext._jsc.sc()
+    driver = context.env().blockManager().blockManagerId().port()
+    return [info.port() for info in context.statusTracker().getExecutorInfos() if info.port() != driver]
