@@ -11,6 +11,7 @@ ledger shows it beside the claim."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -26,9 +27,9 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 import helpers
 from helpers import checks
-from helpers.network import ports_of_actors, spark_executor_ports
+from helpers.network import addresses_of_actors, spark_executor_addresses
 from helpers.run import NotebookFailed, execute
-from helpers.store import held_sizes, objects_created_by, smallest_stored_argument
+from helpers.store import bytes_stored_by, held_sizes, objects_created_by, smallest_stored_argument
 
 MB = 2**20
 
@@ -109,57 +110,76 @@ def test_10_11_12_ranks_that_do_not_average_gradients_drift_apart():
     assert not checks.identical_weights(train(average=False))[0]
 
 
+@ray.remote(num_cpus=0)
+class Listener:
+    """An actor that serves on a port of its own, as an executor's block manager does."""
+
+    def __init__(self) -> None:
+        self.server = socket.create_server((ray.util.get_node_ip_address(), 0))
+
+    def address(self) -> tuple[str, int]:
+        return self.server.getsockname()[:2]
+
+
 def test_13_executors_started_by_spark_itself_are_no_ray_actors(small_cluster, monkeypatch):
     """13 claims that every Spark executor is a Ray actor: RayDP starts each executor as a
-    Java actor, so the port Spark records for it is one a live actor's process listens on.
-    Spark's own cluster manager ("local-cluster", Spark's standalone cluster on one machine)
-    starts executors that Spark knows just as well, in processes of its own: no Ray actor
-    listens on their ports, and the check fails."""
+    Java actor, so the host and port Spark records for it are where a live actor's process
+    listens. The check finds an actor that serves on a port; but Spark's own cluster manager
+    ("local-cluster", Spark's standalone cluster on one machine) starts executors that Spark
+    knows just as well, in processes of its own: no Ray actor listens there, and it fails."""
     from pyspark import SparkContext
     from pyspark.sql import SparkSession
     from ray.util.state import list_actors
 
+    def live_actor_addresses() -> dict:
+        return addresses_of_actors(list_actors(address=small_cluster.address, filters=[("state", "=", "ALIVE")]))
+
     executors = 2
     monkeypatch.setenv("SPARK_LOCAL_IP", "127.0.0.1")
-    bystander = Runs.remote()  # a live actor whose ports the check searches too
-    ray.get(bystander.read.remote())
-    spark = (SparkSession.builder.master(f"local-cluster[{executors},1,512]")
-             .config("spark.ui.enabled", "false").config("spark.executor.memory", "512m")
-             .config("spark.driver.host", "127.0.0.1").config("spark.driver.bindAddress", "127.0.0.1")
-             .getOrCreate())
+    listener = Listener.remote()
     try:
-        ports = helpers.within(120, "Spark's executors registering", registered, spark, executors)
-        actors = list_actors(address=small_cluster.address, filters=[("state", "=", "ALIVE")])
-        holds, detail = checks.executors_are_ray_actors(ports, ports_of_actors(actors), executors)
+        in_an_actor = ray.get(listener.address.remote())
+        holds, detail = checks.executors_are_ray_actors([in_an_actor], live_actor_addresses(), 1)
+        assert holds, detail
+        spark = (SparkSession.builder.master(f"local-cluster[{executors},1,512]")
+                 .config("spark.ui.enabled", "false").config("spark.executor.memory", "512m")
+                 .config("spark.driver.host", "127.0.0.1").config("spark.driver.bindAddress", "127.0.0.1")
+                 .getOrCreate())
+        try:
+            addresses = helpers.within(120, "Spark's executors registering", registered, spark, executors)
+            holds, detail = checks.executors_are_ray_actors(addresses, live_actor_addresses(), executors)
+        finally:
+            spark.stop()
+            SparkContext._gateway.shutdown()  # and Spark's driver JVM: else it lives as long as pytest
+            SparkContext._gateway.proc.terminate()
+            SparkContext._gateway.proc.wait()
+            SparkContext._gateway = SparkContext._jvm = None
     finally:
-        spark.stop()
-        SparkContext._gateway.shutdown()  # and Spark's driver JVM: else it lives as long as pytest
-        SparkContext._gateway.proc.terminate()
-        SparkContext._gateway.proc.wait()
-        SparkContext._gateway = SparkContext._jvm = None
-        ray.kill(bystander)
+        ray.kill(listener)
     assert not holds, detail
 
 
-def registered(spark, executors: int) -> list[int]:
-    while len(ports := spark_executor_ports(spark)) < executors:
+def registered(spark, executors: int) -> list[tuple[str, int]]:
+    while len(addresses := spark_executor_addresses(spark)) < executors:
         time.sleep(0.2)
-    return ports
+    return addresses
 
 
 def test_20_a_driver_with_another_inline_limit_stores_smaller_arguments(small_cluster):
     """20 claims that the object store takes over at Ray's 100 KiB: an argument above it is
-    put into the store, one below it travels inside the call. The caller applies the limit,
-    from its own copy of Ray's settings: a driver started with RAY_max_direct_call_object_size
-    at 10 KiB sends smaller arrays through the store, and the check sees another threshold."""
+    put into the store, one up to it travels inside the call. The caller applies the limit,
+    from its own copy of Ray's settings, which the environment sets unless the cluster's
+    system config does: a driver started with RAY_max_direct_call_object_size at 10 KiB
+    sends smaller arrays through the store, and the check sees another threshold."""
     assert checks.store_takes_over_at(smallest_stored_argument())[0]
-    measure = ("import ray; from helpers.store import smallest_stored_argument; "
-               f"ray.init(address={small_cluster.address!r}, logging_level='error'); "
-               "print(smallest_stored_argument())")
+    measure = ("import helpers; from helpers.store import smallest_stored_argument; "
+               f"helpers.start_or_join({small_cluster.address!r}, quiet=True); "
+               "print('threshold', smallest_stored_argument())")
     driver = subprocess.run([sys.executable, "-c", measure], capture_output=True, text=True, timeout=120,
                             env={**os.environ, "RAY_max_direct_call_object_size": str(10 * 1024)})
     assert driver.returncode == 0, driver.stderr[-2000:]
-    holds, detail = checks.store_takes_over_at(int(driver.stdout.split()[-1]))
+    [threshold] = [line.split()[1] for line in driver.stdout.splitlines() if line.startswith("threshold ")]
+    holds, detail = checks.store_takes_over_at(int(threshold))
     assert not holds, detail
 
 
@@ -235,7 +255,7 @@ class LinearExplainer:
 
     def explain(self, batch: tuple[int, np.ndarray]) -> np.ndarray:
         number, instances = batch
-        time.sleep(0.5 if number == 0 else 0.0)  # the first batch finishes last
+        time.sleep(1.0 if number == 0 else 0.0)  # the first batch finishes last
         return self.coefficients * (instances - self.background_mean)
 
 
@@ -338,8 +358,8 @@ def part_of(table: np.ndarray, first: int, last: int) -> np.ndarray:
 
 def test_33_partitions_returned_inline_are_in_no_store(small_cluster):
     """33 claims that Modin's table is held in the object store, one object per partition, the
-    results of Modin's tasks. Ray keeps a task's return value in a node's store only above
-    100 KiB: a smaller one travels inline to the caller and lives in its memory. Cut into
+    results of Modin's tasks. Ray keeps a task's return value in a node's store only from
+    100 KiB up: a smaller one travels inline to the caller and lives in its memory. Cut into
     parts that small, the same table is in no store, and the check sees it."""
     table = np.ones(4 * MB // 8)
     table_ref = ray.put(table)
@@ -381,27 +401,26 @@ def test_34_dask_on_its_own_threads_leaves_nothing_in_the_store(small_cluster):
         assert not holds, f"{scheduler}, chunks of {chunk}: {detail}"
 
 
-def test_35_workers_that_read_their_rows_from_a_file_have_none_in_the_store(small_cluster, tmp_path):
+def test_35_workers_that_read_their_rows_from_a_file_add_nothing_to_the_store(small_cluster):
     """35 claims that xgboost_ray hands each training actor its rows through the object store:
-    it puts one shard per actor there. A Level 1 launcher lets each worker read its own rows
-    from shared storage instead, as Spark's or Horovod's workers do: the rows then reach the
-    workers through no store (the only objects are the tasks' small results), and the check
-    sees it."""
+    it puts one shard per actor there, and the nodes' stores grow by the rows' bytes. A
+    Level 1 launcher lets each worker read its own rows from shared storage instead, as
+    Spark's or Horovod's workers do. Counted the same way (what the stores gain while the
+    workers get their rows), that adds nothing there, and the check fails."""
     import pandas as pd
     import xgboost
     from xgboost_ray import RayDMatrix
 
     random = np.random.default_rng(0)
-    rows, workers = 20_000, 2  # and 20 features, as in the chapter: the shards' indexes weigh little
+    rows, workers = 20_000, 2  # and 20 features, as in the chapter: 168 bytes a row
     train = pd.DataFrame(random.standard_normal((rows, 20)), columns=[f"f{i}" for i in range(20)])
     train["label"] = random.integers(0, 2, rows)
     data_bytes = train.memory_usage(index=False).sum()
 
     matrix = RayDMatrix(train, label="label")
-    matrix.load_data(workers)
-    through_the_store = {actor: held_sizes([refs["data"], refs["label"]]) for actor, refs in matrix.refs.items()}
+    through_the_store, _ = bytes_stored_by(lambda: matrix.load_data(workers), small_cluster.address)
 
-    shared_file = tmp_path / "train.parquet"  # every node's folder on this one machine
+    shared_file = os.path.join(small_cluster.storage, "train.parquet")  # what every node can read
     train.to_parquet(shared_file)
 
     @ray.remote(num_cpus=1)
@@ -409,11 +428,16 @@ def test_35_workers_that_read_their_rows_from_a_file_have_none_in_the_store(smal
         mine = pd.read_parquet(shared_file).iloc[rank::workers]
         return xgboost.DMatrix(mine.drop(columns="label"), label=mine["label"]).num_row()
 
-    from_a_file = {rank: held_sizes([read_my_rows.remote(rank)]) for rank in range(workers)}
+    def read_from_the_file() -> list[int]:
+        return ray.get([read_my_rows.remote(rank) for rank in range(workers)])
 
-    holds, detail = checks.shards_in_the_store(through_the_store, workers, data_bytes)
+    from_a_file, rows_read = bytes_stored_by(read_from_the_file, small_cluster.address)
+    os.remove(shared_file)
+
+    holds, detail = checks.rows_entered_the_store(through_the_store, len(matrix.refs), workers, data_bytes)
     assert holds, detail
-    holds, detail = checks.shards_in_the_store(from_a_file, workers, data_bytes)
+    assert sum(rows_read) == rows  # the workers did get every row
+    holds, detail = checks.rows_entered_the_store(from_a_file, len(rows_read), workers, data_bytes)
     assert not holds, detail
 
 

@@ -46,18 +46,18 @@ def identical_weights(digests: Sequence[str]) -> Check:
     return len(digests) > 1 and len(distinct) == 1, f"{len(digests)} ranks, weights {distinct}"
 
 
-def executors_are_ray_actors(executor_ports: Sequence[int], actor_ports: Mapping[int, Collection[int]],
-                             executors: int) -> Check:
-    """13: Spark registered ``executors`` executors, and each runs in a Ray actor's process:
-    the port Spark records for it (see :func:`helpers.network.spark_executor_ports`) is one
-    that a live actor's process listens on. ``actor_ports`` maps each actor's pid to those
-    ports (:func:`helpers.network.ports_of_actors`)."""
-    actor_by_port = {port: pid for pid, ports in actor_ports.items() for port in ports}
-    actors = [actor_by_port.get(port) for port in executor_ports]
-    in_actors = {pid for pid in actors if pid is not None}
-    holds = len(executor_ports) == executors and None not in actors and len(in_actors) == executors
-    return holds, (f"Spark registered {len(executor_ports)} executors; {len(in_actors)} run in Ray "
-                   f"actors' processes, of {len(actor_ports)} live actors")
+def executors_are_ray_actors(executors: Sequence[tuple[str, int]],
+                             actor_addresses: Mapping[Any, Collection[tuple[str, int]]], expected: int) -> Check:
+    """13: Spark registered ``expected`` executors, and each runs in a Ray actor's process of
+    its own: the host and port Spark records for it (see
+    :func:`helpers.network.spark_executor_addresses`) are ones a live actor's process listens
+    on. ``actor_addresses`` maps each actor to those (:func:`helpers.network.addresses_of_actors`)."""
+    actor_at = {address: actor for actor, addresses in actor_addresses.items() for address in addresses}
+    owners = [actor_at.get(address) for address in executors]
+    in_actors = {actor for actor in owners if actor is not None}
+    holds = len(executors) == expected and None not in owners and len(in_actors) == expected
+    return holds, (f"Spark registered {len(executors)} executors; {len(in_actors)} run in Ray "
+                   f"actors' processes, of {len(actor_addresses)} live actors")
 
 
 def store_takes_over_at(threshold: int, limit: int = 100 * 1024) -> Check:
@@ -162,20 +162,16 @@ def results_in_the_store(result_sizes_mb: Sequence[float | None], chunks: int, d
         f"{sum(stored):.0f} MB, for {chunks} chunks of {data_mb:.0f} MB")
 
 
-def shards_in_the_store(shards: Mapping[Any, Sequence[int | None]], workers: int, data_bytes: float) -> Check:
-    """35: each training worker's rows reached it as objects in a node's store, and together
-    those hold the training rows' bytes (0.9 to 1.25 times).
-
-    ``shards`` maps each worker to the sizes of the objects its rows were handed over in, None
-    for one in no store (see :func:`helpers.store.held_sizes`). A worker that read its rows
-    from a file has none: only its task's small result, which lives in no store.
-    """
-    stored = {worker: sum(size or 0 for size in sizes) for worker, sizes in shards.items()}
-    total = sum(stored.values())
-    holds = (len(shards) == workers and all(size > 0 for size in stored.values())
-             and 0.9 <= total / data_bytes <= 1.25)
-    return holds, (f"{sum(size > 0 for size in stored.values())} of {workers} workers' rows in a "
-                   f"node's store; {total / MB:.1f} MB stored for {data_bytes / MB:.1f} MB of rows")
+def rows_entered_the_store(stored_bytes: int, shards: int, workers: int, data_bytes: float) -> Check:
+    """35: the training rows were cut into one shard per worker, and the nodes' stores grew by
+    the rows' bytes while the workers got them (0.9 to 1.25 times: a pickled frame carries
+    its index). ``stored_bytes`` is what the stores gained meanwhile (see
+    :func:`helpers.store.bytes_stored_by`); workers that read their rows from a file add
+    nothing there."""
+    ratio = stored_bytes / data_bytes if data_bytes else 0.0
+    return shards == workers and 0.9 <= ratio <= 1.25, (
+        f"{shards} shards for {workers} workers; the stores grew by {stored_bytes / MB:.1f} MB "
+        f"for {data_bytes / MB:.1f} MB of rows")
 
 
 def stored_once_by_reference(by_value: int, by_reference: int, calls: int) -> Check:

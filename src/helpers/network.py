@@ -70,30 +70,41 @@ def listened_during(every_s: float = 0.002) -> Iterator[set[tuple[str, int]]]:
 
 
 @ray.remote(num_cpus=0)
-def _ports_on_this_node(pids: list[int]) -> dict[int, set[int]]:
-    return {pid: {port for _, port in listening_addresses(pid)} for pid in pids}
+def _addresses_on_this_node(pids: list[int]) -> dict[int, set[tuple[str, int]]]:
+    host = ray.util.get_node_ip_address()
+    found = {}
+    for pid in pids:
+        try:
+            found[pid] = {(host, port) for _, port in listening_addresses(pid)}
+        except (psutil.NoSuchProcess, psutil.AccessDenied):  # an actor that ended since it was listed
+            found[pid] = set()
+    return found
 
 
-def ports_of_actors(actors: Iterable[Any]) -> dict[int, set[int]]:
-    """The ports each actor's process listens on, by pid (chapter 13).
+def addresses_of_actors(actors: Iterable[Any]) -> dict[tuple[str, int], set[tuple[str, int]]]:
+    """Where each actor's process accepts connections: its node's address and each port it
+    listens on, by (node ID, pid) (chapter 13).
 
-    ``actors`` as Ray's state API lists them (``pid`` and ``node_id``). The actor may run
-    on another machine, so a task on its node looks.
+    ``actors`` as Ray's state API lists them (``node_id`` and ``pid``). An actor may run on
+    another machine, with pids of its own, so a task on its node looks.
     """
     pids_by_node = defaultdict(list)
     for actor in actors:
         pids_by_node[actor.node_id].append(actor.pid)
-    found = ray.get([_ports_on_this_node.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
-                     .remote(pids) for node, pids in pids_by_node.items()])
-    return {pid: ports for on_node in found for pid, ports in on_node.items()}
+    on_its_node = {node: NodeAffinitySchedulingStrategy(node, soft=False) for node in pids_by_node}
+    found = ray.get([_addresses_on_this_node.options(scheduling_strategy=on_its_node[node]).remote(pids)
+                     for node, pids in pids_by_node.items()])
+    return {(node, pid): addresses for node, on_node in zip(pids_by_node, found) for pid, addresses in on_node.items()}
 
 
-def spark_executor_ports(spark: Any) -> list[int]:
-    """The port of each executor Spark's scheduler registered, its driver left out (chapter 13).
+def spark_executor_addresses(spark: Any) -> list[tuple[str, int]]:
+    """The host and port of each executor Spark's scheduler registered, its driver left out
+    (chapter 13).
 
-    It is the port the executor's block manager serves on: Spark's own record of where the
+    It is where the executor's block manager serves: Spark's own record of where the
     executor is, whoever started its process.
     """
     context = spark.sparkContext._jsc.sc()
-    driver = context.env().blockManager().blockManagerId().port()
-    return [info.port() for info in context.statusTracker().getExecutorInfos() if info.port() != driver]
+    driver = context.env().blockManager().blockManagerId()
+    executors = [(info.host(), info.port()) for info in context.statusTracker().getExecutorInfos()]
+    return [address for address in executors if address != (driver.host(), driver.port())]

@@ -18,8 +18,8 @@ import numpy as np
 import ray
 
 # Private, but Ray has no public way to list the references a driver holds
-# or to read the store's spill counters.
-from ray._private.internal_api import memory_summary
+# or to read the store's counters.
+from ray._private.internal_api import get_memory_info_reply, get_state_from_address, memory_summary
 from ray._private.worker import global_worker
 
 
@@ -39,16 +39,22 @@ class _Gate:
     async def open(self) -> None:
         self.opened.set()
 
+    async def close(self) -> None:
+        self.opened.clear()
 
-def objects_created_by(submit: Callable[[ray.ObjectRef], list[ray.ObjectRef]]) -> tuple[int, list[Any]]:
+
+def objects_created_by(submit: Callable[[ray.ObjectRef], list[ray.ObjectRef]],
+                       gate: ray.actor.ActorHandle | None = None) -> tuple[int, list[Any]]:
     """Count the objects that ``submit``'s calls create, then return the calls' results.
 
     ``submit`` receives a reference that is not ready until the count is
     taken. Each call must take it as an extra argument: Ray runs no call
     before its arguments are ready, so none can finish and free its objects
-    early. The calls' own results are not counted.
+    early. The calls' own results are not counted. A caller that counts many
+    times passes a ``gate`` (``_Gate.remote()``) to reuse; else one is made.
     """
-    gate = _Gate.remote()
+    own_gate = gate is None
+    gate = _Gate.remote() if own_gate else gate
     closed = gate.wait.remote()
     before = owned_objects()
     pending = submit(closed)
@@ -56,24 +62,25 @@ def objects_created_by(submit: Callable[[ray.ObjectRef], list[ray.ObjectRef]]) -
     created = len(owned_objects() - before) - len(pending)
     ray.get(gate.open.remote())
     results = ray.get(pending)
-    ray.kill(gate)
+    if own_gate:
+        ray.kill(gate)
+    else:
+        ray.get(gate.close.remote())
     return created, results
 
 
 @ray.remote
-def _length(array: Any) -> int:
+def _length(array: Any, *not_before: Any) -> int:
     return len(array)
 
 
-def goes_through_the_store(size: int) -> bool:
+def goes_through_the_store(size: int, gate: ray.actor.ActorHandle | None = None) -> bool:
     """Whether a task call puts a NumPy array of ``size`` bytes into the object store: the
     call then creates an object besides its own result."""
     array = np.ones(size, dtype=np.uint8)
-    before = owned_objects()
-    result = _length.remote(array)
-    created = owned_objects() - before  # older objects freed meanwhile do not count
-    assert ray.get(result) == size
-    return len(created) > 1
+    created, [length] = objects_created_by(lambda closed: [_length.remote(array, closed)], gate)
+    assert length == size
+    return created > 0
 
 
 def smallest_stored_argument(low: int = 1024, high: int = 2**20) -> int:
@@ -81,22 +88,56 @@ def smallest_stored_argument(low: int = 1024, high: int = 2**20) -> int:
     rather than into the call itself (chapter 20), found by bisection between ``low``
     (inside the call) and ``high`` (through the store).
 
-    The caller's process decides, by Ray's ``max_direct_call_object_size`` (100 KiB unless
-    set), which it applies to the serialised argument: the array plus a small header.
+    The caller's process decides, by its own ``max_direct_call_object_size`` (100 KiB unless
+    set), which it applies to the serialised argument: the array plus a small header. (A
+    task's result is the other way round: the worker that ran it decides.)
     """
-    if goes_through_the_store(low) or not goes_through_the_store(high):
+    gate = _Gate.remote()  # one for the twenty or so calls
+    if goes_through_the_store(low, gate) or not goes_through_the_store(high, gate):
         raise ValueError(f"the threshold is not between {low:,} and {high:,} bytes")
     while high - low > 1:
         middle = (low + high) // 2
-        low, high = (low, middle) if goes_through_the_store(middle) else (middle, high)
+        low, high = (low, middle) if goes_through_the_store(middle, gate) else (middle, high)
+    ray.kill(gate)
     return high
+
+
+def bytes_stored_by(step: Callable[[], Any], address: str) -> tuple[int, Any]:
+    """The bytes that the nodes' object stores gained while ``step`` ran, and its result.
+
+    Ray's own counter of the bytes in every node's store, read before and after (chapter 35).
+    """
+    before = store_bytes_used(address)
+    result = step()
+    return store_bytes_used(address) - before, result
+
+
+def store_bytes_used(address: str) -> int:
+    """Bytes held in all the nodes' object stores together, as ``ray memory --stats-only``
+    reads them."""
+    return get_memory_info_reply(get_state_from_address(address)).store_stats.object_store_bytes_used
+
+
+def bytes_rebuilt_and_mapped(value: Any) -> tuple[int, int]:
+    """The bytes of ``value`` that each reader rebuilds, and those it maps in place (chapter 32).
+
+    Ray serialises a value with pickle protocol 5 (``ray._private.serialization``): buffers
+    that allow it (NumPy arrays, Arrow columns) go out of band and stay in shared memory,
+    where a reader maps them; the rest (Python objects, such as a column of ``str``) is
+    pickled in band, and every ``ray.get`` unpickles a new copy. This splits a value the same
+    way.
+    """
+    buffers: list = []
+    in_band = ray.cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+    return len(in_band), sum(memoryview(buffer).nbytes for buffer in buffers)
 
 
 def held_sizes(refs: list[ray.ObjectRef]) -> list[int | None]:
     """Each object's size in bytes where a node's object store holds it, else None.
 
-    A value of 100 KiB or less returned by a task travels inline to its owner and lives in
-    the owner's memory, in no store. Waits until every object exists.
+    A value under 100 KiB returned by a task travels inline to the caller that submitted
+    the task, its owner, and lives in the caller's memory, in no store. Waits until every
+    object exists.
     """
     ray.wait(refs, num_returns=len(refs), fetch_local=False)
     found = ray.experimental.get_object_locations(refs)
