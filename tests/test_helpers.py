@@ -19,7 +19,7 @@ from helpers import gpu, results
 from helpers.book import RecordRenderer, public_repository_url
 from helpers.isolated import run_isolated, unavailable_reason
 from helpers.ledger import Chapter, central_claims, toc_notebooks
-from helpers.lines import code_lines, integration_lines, package_lines, ray_features
+from helpers.lines import code_lines, integration_lines, package_files, package_lines, ray_features
 from helpers.network import exposed, is_loopback, listening_addresses
 from helpers.run import MissingKernel, NotebookFailed, UnknownParameter, declared_parameters, execute, main
 
@@ -187,10 +187,27 @@ def test_integration_lines_count_only_tagged_cells(tmp_path):
         integration_lines(path)
 
 
+def test_code_lines_leave_out_docstrings():
+    source = ('"""A module."""\n\n\nclass A:\n    """Two\n    lines."""\n\n'
+              '    def f(self):\n        """One."""\n        return 1\n')
+    assert code_lines(source) == 3  # class, def, return
+    assert code_lines("%time x = 1\ny = 2\n") == 2  # not plain Python: every line counts
+
+
 def test_package_lines_of_a_module_and_a_package():
     assert 0 < package_lines("json.decoder") < package_lines("json")
     with pytest.raises(ModuleNotFoundError):
         package_lines("no_such_module_here")
+
+
+def test_a_package_is_counted_without_its_tests_and_examples(tmp_path, monkeypatch):
+    package = tmp_path / "library_on_ray"
+    for path in ("__init__.py", "core.py", "tests/test_core.py", "examples/demo.py", "test_more.py"):
+        (package / path).parent.mkdir(parents=True, exist_ok=True)
+        (package / path).write_text("x = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert [path.name for path in package_files("library_on_ray")] == ["__init__.py", "core.py"]
+    assert package_lines("library_on_ray") == 2
 
 
 @pytest.mark.parametrize(("source", "features"), [

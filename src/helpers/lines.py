@@ -1,12 +1,16 @@
 """Count lines of code: what an integration costs, measured rather than estimated.
 
-A line counts when it is neither blank nor only a comment. In a notebook we
-count the code cells tagged ``integration``: the cells that connect the
-library to Ray, as opposed to the model, the data and the checks.
+A line counts when it is code: not blank, not only a comment, not part of a
+docstring. In a notebook we count the code cells tagged ``integration``: the
+cells that connect the library to Ray, as opposed to the model, the data and
+the checks. In a library we count its module for Ray, the runtime code only:
+its tests and examples are left out. That module is what the article calls a
+library's "lines of integration"; the tagged cells are the reader's glue.
 """
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import re
 from pathlib import Path
@@ -27,8 +31,29 @@ RAY_FEATURES = {
 
 
 def code_lines(source: str) -> int:
-    """Lines of Python in ``source`` that are not blank and not only a comment."""
-    return sum(1 for line in source.splitlines() if line.strip() and not line.strip().startswith("#"))
+    """Lines of Python in ``source`` that are not blank, only a comment, or in a docstring."""
+    docstrings = docstring_lines(source)
+    return sum(1 for number, line in enumerate(source.splitlines(), start=1)
+               if line.strip() and not line.strip().startswith("#") and number not in docstrings)
+
+
+def docstring_lines(source: str) -> set[int]:
+    """The numbers of the lines that hold a module's, class's or function's docstring.
+
+    None for source that is not plain Python (a notebook cell with IPython syntax, say).
+    """
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return set()
+    found: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            is_text = isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
+            if is_text and isinstance(first.value.value, str):
+                found.update(range(first.lineno, first.end_lineno + 1))
+    return found
 
 
 def integration_source(notebook: str | Path) -> str:
@@ -45,19 +70,31 @@ def integration_lines(notebook: str | Path) -> int:
     return code_lines(integration_source(notebook))
 
 
-def package_source(module: str) -> str:
-    """The Python source of an installed module, or of every file of an installed package."""
+# Folders and files of a package that are not what it runs.
+NOT_RUNTIME_FOLDERS = {"tests", "test", "examples", "benchmarks"}
+
+
+def package_files(module: str) -> list[Path]:
+    """The runtime Python files of an installed module or package: its tests and examples left out."""
     spec = importlib.util.find_spec(module)
     if spec is None or spec.origin is None:
         raise ModuleNotFoundError(f"{module} is not installed")
     origin = Path(spec.origin)
-    files = sorted(origin.parent.rglob("*.py")) if origin.name == "__init__.py" else [origin]
-    return "\n".join(f.read_text(encoding="utf-8") for f in files)
+    if origin.name != "__init__.py":
+        return [origin]
+    return [path for path in sorted(origin.parent.rglob("*.py"))
+            if not NOT_RUNTIME_FOLDERS & set(path.relative_to(origin.parent).parts[:-1])
+            and not path.name.startswith("test_") and path.name != "conftest.py"]
+
+
+def package_source(module: str) -> str:
+    """The runtime Python source of an installed module or package (see :func:`package_files`), joined."""
+    return "\n".join(path.read_text(encoding="utf-8") for path in package_files(module))
 
 
 def package_lines(module: str) -> int:
-    """Lines of Python in an installed module, or in every file of an installed package."""
-    return code_lines(package_source(module))
+    """Lines of code in an installed module or package's runtime files, counted file by file."""
+    return sum(code_lines(path.read_text(encoding="utf-8")) for path in package_files(module))
 
 
 def ray_features(source: str) -> list[str]:
