@@ -40,7 +40,8 @@ def code_lines(source: str) -> int:
 def docstring_lines(source: str) -> set[int]:
     """The numbers of the lines that hold a module's, class's or function's docstring.
 
-    None for source that is not plain Python (a notebook cell with IPython syntax, say).
+    None for source that is not plain Python (a notebook cell with IPython syntax, say):
+    an empty set.
     """
     try:
         tree = ast.parse(source)
@@ -56,18 +57,23 @@ def docstring_lines(source: str) -> set[int]:
     return found
 
 
-def integration_source(notebook: str | Path) -> str:
-    """The code of the notebook's cells tagged ``integration``, joined."""
+def integration_cells(notebook: str | Path) -> list[str]:
+    """The code of each of the notebook's cells tagged ``integration``."""
     cells = nbformat.read(notebook, as_version=4).cells
     tagged = [c.source for c in cells if c.cell_type == "code" and INTEGRATION_TAG in c.metadata.get("tags", [])]
     if not tagged:
         raise ValueError(f"{notebook} has no code cell tagged {INTEGRATION_TAG!r}")
-    return "\n".join(tagged)
+    return tagged
+
+
+def integration_source(notebook: str | Path) -> str:
+    """The code of the notebook's cells tagged ``integration``, joined."""
+    return "\n".join(integration_cells(notebook))
 
 
 def integration_lines(notebook: str | Path) -> int:
-    """Lines of code in the notebook's cells tagged ``integration``."""
-    return code_lines(integration_source(notebook))
+    """Lines of code in the notebook's cells tagged ``integration``, counted cell by cell."""
+    return sum(code_lines(cell) for cell in integration_cells(notebook))
 
 
 # Folders and files of a package that are not what it runs.

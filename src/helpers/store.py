@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -19,7 +20,7 @@ import ray
 
 # Private, but Ray has no public way to list the references a driver holds
 # or to read the store's counters.
-from ray._private.internal_api import get_memory_info_reply, get_state_from_address, memory_summary
+from ray._private.internal_api import get_memory_info_reply, get_state_from_address, memory_summary, node_stats
 from ray._private.worker import global_worker
 
 
@@ -116,6 +117,30 @@ def store_bytes_used(address: str) -> int:
     """Bytes held in all the nodes' object stores together, as ``ray memory --stats-only``
     reads them."""
     return get_memory_info_reply(get_state_from_address(address)).store_stats.object_store_bytes_used
+
+
+def node_store_bytes_used(node_id: str) -> int:
+    """Bytes held in one node's object store (chapter 30), asked of that node's raylet."""
+    [node] = [node for node in ray.nodes() if node["NodeID"] == node_id and node["Alive"]]
+    stats = node_stats(node["NodeManagerAddress"], node["NodeManagerPort"], include_memory_info=False)
+    return stats.store_stats.object_store_bytes_used
+
+
+def settled_store_bytes(node_id: str, still_s: float = 2.5, timeout_s: float = 60) -> int:
+    """A node's store bytes once unchanged for ``still_s`` seconds (chapter 30).
+
+    Ray frees objects in batches, once a second, so a count taken right after the last
+    reference went may not show the free yet.
+    """
+    deadline = time.monotonic() + timeout_s
+    last, since = node_store_bytes_used(node_id), time.monotonic()
+    while time.monotonic() - since < still_s:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the store's bytes did not settle within {timeout_s} s")
+        time.sleep(0.25)
+        if (current := node_store_bytes_used(node_id)) != last:
+            last, since = current, time.monotonic()
+    return last
 
 
 def bytes_rebuilt_and_mapped(value: Any) -> tuple[int, int]:
