@@ -130,13 +130,18 @@ def rebuilt_from_lineage(runs: Sequence[str], victim: str, intact: bool) -> Chec
     return holds, f"the task ran {len(runs)} times: on {where or 'no node'}; intact: {intact}"
 
 
-def stored_once_per_node(copy_nodes: Sequence[str], task_nodes: Sequence[str]) -> Check:
-    """32: one copy of the shared table on each node that ran a task, and on no other: fewer
-    copies than tasks. ``copy_nodes`` has one entry per copy, the node that holds it."""
-    used = sorted(set(task_nodes))
-    return sorted(copy_nodes) == used and len(copy_nodes) < len(task_nodes), (
-        f"{len(copy_nodes)} copies on {len(set(copy_nodes))} nodes, for {len(task_nodes)} tasks "
-        f"on {len(used)} nodes")
+def stored_once_per_node(copy_nodes: Sequence[str], task_nodes: Sequence[str], node_ids: Collection[str],
+                         put_on: str) -> Check:
+    """32: one copy of the shared table on each node that ran a task, besides the one it was
+    put on, and none on the other nodes: fewer copies than tasks. ``copy_nodes`` has one
+    entry per copy, the node that holds it. At least one node must have run no task, or a
+    table sent to every node whether it was used or not would pass too."""
+    expected = set(task_nodes) | {put_on}
+    idle = set(node_ids) - expected
+    holds = (sorted(copy_nodes) == sorted(expected) and len(copy_nodes) < len(task_nodes) and len(idle) > 0)
+    return holds, (f"{len(copy_nodes)} copies on {len(set(copy_nodes))} nodes, for {len(task_nodes)} tasks "
+                   f"on {len(set(task_nodes))} nodes; {len(idle)} other node(s), holding "
+                   f"{sum(node in idle for node in copy_nodes)} copies")
 
 
 def held_in_the_store(sizes: Sequence[int | None], data_bytes: float) -> Check:
