@@ -162,3 +162,11 @@ def test_a_chapter_that_reads_the_state_api_is_refused_by_a_cluster_without_a_da
 def test_storage_under_a_private_folder_is_refused():
     with pytest.raises(ValueError, match="each node has of its own"):
         SimulatedCluster("/tmp")
+
+
+def test_a_checkout_under_a_private_folder_is_refused_before_any_node_starts(monkeypatch):
+    # A clone under /tmp: its environment would be hidden on every node by the node's own /tmp.
+    monkeypatch.setattr(sys, "prefix", "/tmp/a-clone/.venv")
+    with tempfile.TemporaryDirectory(dir="/var/tmp") as storage, \
+            pytest.raises(RuntimeError, match="Clone the book, and make its environment, elsewhere"):
+        SimulatedCluster(storage).start()

@@ -67,7 +67,7 @@ class MachinesSpec:
 
     def __post_init__(self) -> None:
         storage = os.path.realpath(self.storage)
-        if any(storage == p or storage.startswith(p + "/") for p in PRIVATE_TO_EACH_NODE):
+        if hidden_on_the_nodes(storage):
             raise ValueError(f"The shared storage folder {self.storage!r} lies under "
                              f"{' or '.join(PRIVATE_TO_EACH_NODE)}, which each node has of its own. "
                              "Choose a folder elsewhere, e.g. under /var/tmp.")
@@ -79,6 +79,12 @@ class MachinesSpec:
     @property
     def worker_addresses(self) -> list[str]:
         return [f"127.0.0.{i}" for i in range(2, 2 + len(self.worker_cpus))]
+
+
+def hidden_on_the_nodes(path: str | Path) -> bool:
+    """Whether a folder lies under one that every node has of its own (/tmp, /dev/shm)."""
+    path = os.path.realpath(path)
+    return any(path == private or path.startswith(private + "/") for private in PRIVATE_TO_EACH_NODE)
 
 
 def unavailable_reason() -> str | None:
@@ -118,6 +124,12 @@ class SimulatedCluster:
         reason = unavailable_reason()
         if reason:
             raise RuntimeError(f"Cannot simulate separate machines here: {reason}.")
+        for needed in (sys.prefix, Path(__file__).parent):  # the nodes run this Python and these helpers
+            if hidden_on_the_nodes(needed):
+                raise RuntimeError(f"Cannot simulate separate machines from {needed}: it lies under "
+                                   f"{' or '.join(PRIVATE_TO_EACH_NODE)}, which each node has of its own, "
+                                   "so the nodes would not find it. Clone the book, and make its "
+                                   "environment, elsewhere.")
         began = time.perf_counter()
         self._supervisor = subprocess.Popen(
             [*NAMESPACES, sys.executable, "-m", "helpers.machines", json.dumps(asdict(self.spec))],
