@@ -106,11 +106,12 @@ def smallest_stored_argument(low: int = 1024, high: int = 2**20) -> int:
 def bytes_stored_by(step: Callable[[], Any], address: str) -> tuple[int, Any]:
     """The bytes that the nodes' object stores gained while ``step`` ran, and its result.
 
-    Ray's own counter of the bytes in every node's store, read before and after (chapter 35).
+    Ray's own counter of the bytes in every node's store, read once it has settled before
+    and after (chapter 35): frees from earlier work would otherwise count against the step.
     """
-    before = store_bytes_used(address)
+    before = _settled(lambda: store_bytes_used(address))
     result = step()
-    return store_bytes_used(address) - before, result
+    return _settled(lambda: store_bytes_used(address)) - before, result
 
 
 def store_bytes_used(address: str) -> int:
@@ -126,19 +127,21 @@ def node_store_bytes_used(node_id: str) -> int:
     return stats.store_stats.object_store_bytes_used
 
 
-def settled_store_bytes(node_id: str, still_s: float = 2.5, timeout_s: float = 60) -> int:
-    """A node's store bytes once unchanged for ``still_s`` seconds (chapter 30).
+def settled_store_bytes(node_id: str) -> int:
+    """A node's store bytes once they stop changing (chapter 30)."""
+    return _settled(lambda: node_store_bytes_used(node_id))
 
-    Ray frees objects in batches, once a second, so a count taken right after the last
-    reference went may not show the free yet.
-    """
+
+def _settled(read_bytes: Callable[[], int], still_s: float = 2.5, timeout_s: float = 60) -> int:
+    # Ray frees objects in batches, once a second: a count taken right after the last
+    # reference went may not show the free yet. So read until unchanged for `still_s`.
     deadline = time.monotonic() + timeout_s
-    last, since = node_store_bytes_used(node_id), time.monotonic()
+    last, since = read_bytes(), time.monotonic()
     while time.monotonic() - since < still_s:
         if time.monotonic() > deadline:
             raise TimeoutError(f"the store's bytes did not settle within {timeout_s} s")
         time.sleep(0.25)
-        if (current := node_store_bytes_used(node_id)) != last:
+        if (current := read_bytes()) != last:
             last, since = current, time.monotonic()
     return last
 
