@@ -10,9 +10,10 @@ driver came to own, and open the gate.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -112,6 +113,26 @@ def bytes_stored_by(step: Callable[[], Any], address: str) -> tuple[int, Any]:
     before = _settled(lambda: store_bytes_used(address))
     result = step()
     return _settled(lambda: store_bytes_used(address)) - before, result
+
+
+@contextlib.contextmanager
+def batches_sent_by_ray_pools() -> Iterator[list[tuple[str, int]]]:
+    """Record every batch a ``ray.util.multiprocessing.Pool`` sends to its actors while the
+    block runs (chapter 21): the type of the callable, and its pickled bytes together with its
+    arguments. A call argument above 100 KiB goes into the object store, once per call."""
+    from ray.util.multiprocessing import pool
+
+    sent, send = [], pool.Pool._run_batch
+
+    def recording(self, actor_index, func, batch):
+        sent.append((type(func).__name__, len(ray.cloudpickle.dumps((func, batch)))))
+        return send(self, actor_index, func, batch)
+
+    pool.Pool._run_batch = recording
+    try:
+        yield sent
+    finally:
+        pool.Pool._run_batch = send
 
 
 def store_bytes_used(address: str) -> int:
