@@ -7,6 +7,7 @@
 * :mod:`helpers.timing`: repeat, median, spread; bound a call that may hang.
 * :mod:`helpers.store`: count the objects that calls put into the store.
 * :mod:`helpers.network`: which addresses a process listens on.
+* :mod:`helpers.torch_group`: a ``torch.distributed`` group among Ray actors.
 * :mod:`helpers.isolated`: a multi-address cluster in a private network.
 * :mod:`helpers.machines`: a cluster of simulated machines, which share only a network
   and one storage folder (the tests run every notebook on one).
