@@ -16,6 +16,7 @@ notebook finished or failed.
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import secrets
 import socket
@@ -33,6 +34,8 @@ from helpers.network import is_loopback
 from helpers.results import machine
 
 LOOPBACK = "127.0.0.1"
+# The driver's "ray" logger: warnings and errors, not "Connecting to existing Ray cluster".
+QUIET = logging.WARNING
 
 
 class InfeasibleRequest(ValueError):
@@ -326,11 +329,12 @@ def _join(address: str, runtime_env: dict[str, Any] | None) -> LiveCluster:
         _reload_ray_settings()
     # An explicit address, always: with none, ray.init attaches to whatever
     # cluster was started last on this machine.
-    ray.init(address=address, runtime_env=runtime_env)
+    ray.init(address=address, runtime_env=runtime_env, logging_level=QUIET)
     return LiveCluster(address, spec=None, local=None)
 
 
 def _start(spec: ClusterSpec, runtime_env: dict[str, Any] | None) -> LiveCluster:
+    logging.getLogger("ray").setLevel(QUIET)  # before ray.init too: starting the nodes logs
     _advertise_loopback(True)
     _require_token()
     node_args = dict(
@@ -353,7 +357,7 @@ def _start(spec: ClusterSpec, runtime_env: dict[str, Any] | None) -> LiveCluster
         for _ in range(spec.worker_nodes):
             local.add_node(wait=False, **node_args)  # start them side by side
         local.wait_for_nodes()
-        ray.init(address=local.address, _node_ip_address=LOOPBACK, runtime_env=runtime_env)
+        ray.init(address=local.address, _node_ip_address=LOOPBACK, runtime_env=runtime_env, logging_level=QUIET)
     except BaseException:
         cluster.shutdown()
         raise
