@@ -142,21 +142,25 @@ def test_listening_addresses_sees_a_new_socket():
     assert exposed({("0.0.0.0", 80), ("127.0.0.1", 81)}) == {("0.0.0.0", 80)}
 
 
-def _spread_task_addresses() -> list[str]:
+def _task_addresses_on_every_node() -> list[str]:
     import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     @ray.remote(num_cpus=1)
     def where() -> str:
         return ray.util.get_node_ip_address()
 
-    return sorted(ray.get([where.options(scheduling_strategy="SPREAD").remote() for _ in range(3)]))
+    # One task pinned to each node (SPREAD may skip a node whose first worker is still starting).
+    nodes = [node["NodeID"] for node in ray.nodes() if node["Alive"]]
+    return sorted(ray.get([where.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote()
+                           for node in nodes]))
 
 
 def test_an_isolated_cluster_has_distinct_addresses_and_only_loopback(no_leftovers):
     reason = unavailable_reason()
     if reason:
         pytest.skip(f"no isolated cluster on this machine: {reason}")
-    run = run_isolated(_spread_task_addresses, timeout_s=120)
+    run = run_isolated(_task_addresses_on_every_node, timeout_s=120)
     assert run.node_addresses == ["127.0.0.1", "127.0.0.2", "127.0.0.3"]
     assert run.value == run.node_addresses
     assert run.interfaces == ["lo"]
