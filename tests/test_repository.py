@@ -158,6 +158,16 @@ def test_the_ray_up_cluster_names_the_image_token_sizes_and_shared_folder():
     assert cluster["min_workers"] == cluster["max_workers"] == 2
 
 
+def test_the_pages_name_the_chapters_that_need_shared_storage():
+    """README and the cluster page list the chapters a reader must give storage_path: exactly those taking it."""
+    takes_it = {path.name[:2] for path in sorted((ROOT / "notebooks").glob("*.ipynb"))
+                if "storage_path" in declared_parameters(path)}
+    readme = re.search(r"write what other nodes read \(([\d, ]+)\)", (ROOT / "README.md").read_text())
+    page = re.search(r"Chapters ([\d,\sand]+?)\s+write there", (ROOT / "book" / "real_cluster.md").read_text())
+    for listed in (readme, page):
+        assert listed and set(re.findall(r"\d+", listed.group(1))) == takes_it, (listed and listed.group(0), takes_it)
+
+
 def test_the_commands_the_cluster_page_gives_name_real_notebooks_and_parameters():
     page = (ROOT / "book" / "real_cluster.md").read_text() + (ROOT / "README.md").read_text()
     page = re.sub(r"\\\n\s*", "", page)  # continued lines joined
