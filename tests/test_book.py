@@ -74,7 +74,8 @@ SHOWN_IN_A_CHAPTER = {
     # 35_xgboost: XGBoost's workers listen for their ring peers on every interface (Ray Train's
     # workers, matched above, run the same collective).
     "XGBoost's collective": re.compile(r"^ray::(_RemoteRayXGBoostActor|join_ring)"),
-    # 24_alibi: every Ray Serve replica serves calls between deployments over gRPC on [::].
+    # 24_alibi: every Ray Serve replica serves calls between deployments over gRPC on [::];
+    # 36_ray_libraries sends requests over it.
     "Serve's replica gRPC server": re.compile(r"^ray::ServeReplica"),
 }
 

@@ -482,6 +482,40 @@ def test_35_workers_that_read_their_rows_from_a_file_add_nothing_to_the_store(sm
     assert not holds, detail
 
 
+def test_36_trials_that_capture_the_data_put_nothing_in_the_store(small_cluster):
+    """36 claims that Tune's shared data entered each node's store once, however many trials
+    read it: tune.with_parameters puts it there and hands each trial the reference. A trial
+    function that captures the array instead carries it in its own definition, which Ray
+    ships through its control store (the GCS), not the object store: counted the same way,
+    no node's store takes the array, and the check fails."""
+    from ray import tune
+
+    from helpers.store import store_traffic
+
+    data, trials = np.ones(MB // 8), 4
+    here = ray.get_runtime_context().get_node_id()
+
+    def by_reference(config: dict, data: np.ndarray) -> None:
+        tune.report({"node": ray.get_runtime_context().get_node_id(), "sum": float(data.sum())})
+
+    def captured(config: dict) -> None:
+        tune.report({"node": ray.get_runtime_context().get_node_id(), "sum": float(data.sum())})
+
+    def search(make_trainable) -> tuple[dict, list[str]]:
+        with store_traffic() as traffic:  # with_parameters puts the data as it is called
+            tuner = tune.Tuner(make_trainable(), param_space={"trial": tune.grid_search(list(range(trials)))},
+                               run_config=tune.RunConfig(storage_path=small_cluster.storage, verbose=0))
+            results = tuner.fit().get_dataframe()
+        assert (results["sum"] == len(data)).all()  # every trial read the whole array
+        return traffic, list(results["node"])
+
+    shared = search(lambda: tune.with_parameters(by_reference, data=data))
+    holds, detail = checks.entered_once_per_node(*shared, here, data.nbytes)
+    assert holds, detail
+    holds, detail = checks.entered_once_per_node(*search(lambda: captured), here, data.nbytes)
+    assert not holds, detail
+
+
 @ray.remote(num_cpus=0)
 class Runs:
     def __init__(self) -> None:

@@ -144,6 +144,22 @@ def stored_once_per_node(copy_nodes: Sequence[str], task_nodes: Sequence[str], n
                    f"{sum(node in idle for node in copy_nodes)} copies")
 
 
+def entered_once_per_node(created: Mapping[str, tuple[int, int]], reader_nodes: Sequence[str],
+                          put_on: str, size: int) -> Check:
+    """36: a value that many readers share (Tune's trials) entered the store of each node
+    that read it, and of the node it was put on, once: 1 to 1.1 times its ``size`` in bytes
+    there, under half of it elsewhere; and there were more readers than copies.
+    ``created`` holds each node's (objects, bytes) created meanwhile
+    (:func:`helpers.store.store_traffic`); one reader per ``reader_nodes`` entry."""
+    expected = set(reader_nodes) | {put_on}
+    once = {node: size <= nbytes <= 1.1 * size if node in expected else nbytes < size / 2
+            for node, (_, nbytes) in created.items()}
+    holds = all(once.values()) and len(reader_nodes) > len(expected)
+    return holds, (f"{len(reader_nodes)} readers on {len(set(reader_nodes))} nodes; "
+                   f"{sum(nbytes for _, nbytes in created.values()) / MB:.1f} MB entered the stores "
+                   f"for {size / MB:.1f} MB of data; {sum(once.values())} of {len(once)} nodes as expected")
+
+
 def held_in_the_store(sizes: Sequence[int | None], data_bytes: float) -> Check:
     """33: a table partitioned into several objects, each held in a node's store, together
     0.9 to 1.25 times the table's bytes.

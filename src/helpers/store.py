@@ -135,6 +135,30 @@ def batches_sent_by_ray_pools() -> Iterator[list[tuple[str, int]]]:
         pool.Pool._run_batch = send
 
 
+@contextlib.contextmanager
+def store_traffic() -> Iterator[dict[str, tuple[int, int]]]:
+    """The objects and bytes each node's store created while the block ran, by node ID
+    (chapter 36): every ``ray.put``, every task or actor result and argument over 100 KiB,
+    and every copy a node pulled from another. Ray's own cumulative counters, asked of each
+    live node's raylet before and after; filled in when the block ends."""
+    before = _created_per_node()
+    traffic: dict[str, tuple[int, int]] = {}
+    yield traffic
+    for node_id, (objects, nbytes) in _created_per_node().items():
+        objects_before, bytes_before = before.get(node_id, (0, 0))
+        traffic[node_id] = (objects - objects_before, nbytes - bytes_before)
+
+
+def _created_per_node() -> dict[str, tuple[int, int]]:
+    created = {}
+    for node in ray.nodes():
+        if node["Alive"]:
+            stats = node_stats(node["NodeManagerAddress"], node["NodeManagerPort"],
+                               include_memory_info=False).store_stats
+            created[node["NodeID"]] = (stats.cumulative_created_objects, stats.cumulative_created_bytes)
+    return created
+
+
 def store_bytes_used(address: str) -> int:
     """Bytes held in all the nodes' object stores together, as ``ray memory --stats-only``
     reads them."""
