@@ -281,6 +281,22 @@ def test_cuda_gpu_count_is_a_count():
     assert helpers.cuda_gpu_count() >= 0
 
 
+def test_gpus_are_counted_as_ray_counts_them_without_torch(monkeypatch):
+    # NVML's count, capped by CUDA_VISIBLE_DEVICES, and the skip reason says which it was.
+    monkeypatch.setattr(gpu, "_nvml_count", lambda: gpu.GpuCount(2, "NVML"))
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert gpu.visible_gpus() == gpu.GpuCount(2, "NVML")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    assert gpu.visible_gpus().count == 1 and "CUDA_VISIBLE_DEVICES='1'" in str(gpu.visible_gpus())
+    for hidden in ("", "NoDevFiles"):
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", hidden)
+        assert gpu.visible_gpus().count == 0
+    monkeypatch.setattr(gpu, "_nvml_count", lambda: None)
+    monkeypatch.setattr(gpu, "_nvidia_smi_count", lambda: None)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert gpu.visible_gpus() == gpu.GpuCount(0, "no NVIDIA driver found")
+
+
 def small_notebook(path, *cells):
     notebook = nbformat.v4.new_notebook()
     notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",

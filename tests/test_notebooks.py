@@ -19,7 +19,7 @@ import pytest
 from conftest import ROOT, check_records, toc_notebooks, wait_until_gone
 from listeners import ListenerSampler
 
-from helpers.gpu import cuda_gpu_count
+from helpers.gpu import visible_gpus
 from helpers.machines import SimulatedCluster, unavailable_reason
 from helpers.results import records_in
 from helpers.run import NotebookFailed, declared_parameters, execute
@@ -32,16 +32,38 @@ def test_the_book_has_notebooks():
     assert NOTEBOOKS, "_toc.yml lists no notebook"
 
 
+def gpu_path(notebook) -> dict | None:
+    """What the chapter does on a GPU and the claim that says the GPU did it; None for chapters
+    that declare no GPU path (tests/test_repository.py lists them and their reasons)."""
+    return nbformat.read(notebook, as_version=4).metadata["ray_library_patterns"].get("gpu")
+
+
+def gpu_unavailable_reason() -> str | None:
+    """Why the GPU variants cannot run here, or None."""
+    found = visible_gpus()
+    if found.count == 0:
+        return f"gpu variant: {found}"
+    import torch
+
+    if not torch.cuda.is_available():
+        return (f"gpu variant: {found}, but this environment's torch {torch.__version__} has no CUDA; "
+                "install a CUDA build of torch, or run scripts/gpu-kit and scripts/gpu-check")
+    return None
+
+
 @pytest.mark.notebook
-@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("notebook", [n for n in NOTEBOOKS if gpu_path(n)], ids=lambda p: p.stem)
 def test_notebook_gpu_variant(notebook, tmp_path, no_leftovers):
-    if cuda_gpu_count() == 0:
-        pytest.skip("gpu variant: no CUDA GPU is visible on this machine")
+    if reason := gpu_unavailable_reason():
+        pytest.skip(reason)
     try:
         result = execute(notebook, tmp_path / notebook.name, {"smoke": True, "use_gpu": True})
     except NotebookFailed as error:
         pytest.fail(str(error), pytrace=False)
     check_records(notebook, result.records)
+    # Checked, not "not checked": the GPU did the work.
+    claim = gpu_path(notebook)["claim"]
+    assert any(c["name"] == claim and c["holds"] for c in result.claims), f"{notebook.name}: {claim!r} not checked"
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,8 @@
 * :mod:`helpers.checks`: the checks behind each chapter's central claim, which the
   negative controls in tests/test_controls.py run with the mechanism switched off.
 * :mod:`helpers.timing`: repeat, median, spread; bound a call that may hang.
-* :mod:`helpers.store`: count the objects that calls put into the store.
+* :mod:`helpers.store`: count the objects that calls put into the store, and what each
+  node's store takes in while a step runs.
 * :mod:`helpers.network`: which addresses a process listens on.
 * :mod:`helpers.torch_group`: a ``torch.distributed`` group among Ray actors.
 * :mod:`helpers.isolated`: a multi-address cluster in a private network.

@@ -91,6 +91,35 @@ def central_claims(book: list[Chapter]):
                                        "in this build"])
 
 
+def gpu_runs(folder: Path) -> list[tuple[str, Any]]:
+    """Each GPU run committed under ``benchmarks/gpu/`` (a ``gpu-run.json`` that
+    ``scripts/gpu-check`` wrote on a machine with a GPU): a line saying on what and when,
+    and a table of what its chapters recorded. Dry runs are left out."""
+    import json
+
+    import pandas as pd
+
+    runs = []
+    for path in sorted(folder.glob("*.json")):
+        run = json.loads(path.read_text(encoding="utf-8"))
+        if run.get("dry_run"):
+            continue
+        versions = run.get("versions", {})
+        heading = (f"measured on {run['gpu']}, {run['date']}: Ray {versions.get('ray')}, "
+                   f"torch {versions.get('torch')}, CUDA {versions.get('cuda')}")
+        rows = []
+        for chapter, result in run["chapters_run"].items():
+            if not result["ran"]:
+                rows.append((chapter, "failed to run", " ".join(result["error"]), ""))
+            for record in result.get("records", []):
+                if record["kind"] == "claim":
+                    rows.append((chapter, record["name"], "held" if record["holds"] else "FAILED", record["detail"]))
+                elif record["kind"] == "measurement":
+                    rows.append((chapter, record["name"], f"{record['value']:.4g} {record['unit']}", record["note"]))
+        runs.append((heading, pd.DataFrame(rows, columns=["chapter", "record", "result", "detail"])))
+    return runs
+
+
 def toc_notebooks(toc: Path) -> list[Path]:
     """The notebooks (files under ``notebooks/``) that ``_toc.yml`` lists, in reading order."""
     book = yaml.safe_load(toc.read_text(encoding="utf-8"))
