@@ -517,6 +517,54 @@ def test_36_trials_that_capture_the_data_put_nothing_in_the_store(small_cluster)
 
 
 @ray.remote(num_cpus=0)
+class Peer:
+    """A member of a collective group, or of the same exchange done with Ray calls."""
+
+    def allreduce_ones(self, megabytes: int, group: str) -> float:
+        import torch
+        from ray.util import collective
+
+        tensor = torch.ones(megabytes * MB // 4)
+        collective.allreduce(tensor, group_name=group)
+        return float(tensor[0])
+
+    def ones(self, megabytes: int) -> np.ndarray:
+        return np.ones(megabytes * MB // 4, dtype=np.float32)
+
+    def total(self, parts: list) -> float:  # references inside a list arrive unresolved
+        return float(sum(ray.get(parts))[0])
+
+
+def test_60_an_exchange_through_ray_calls_fills_the_store(small_cluster):
+    """60 claims that a collective group's allreduce moves its bytes outside the object store:
+    over Gloo, between the members' processes. The same exchange with the collective switched
+    off (each member returns its tensor, and every member reads all of them through the store)
+    puts them into the stores, counted the same way, and the check fails."""
+    import ray.experimental.collective
+
+    from helpers.store import store_traffic
+
+    members, megabytes = 2, 8
+    peers = [Peer.options(scheduling_strategy="SPREAD").remote() for _ in range(members)]
+    group = ray.experimental.collective.create_collective_group(peers, backend="torch_gloo")
+    with store_traffic() as over_gloo:
+        sums = ray.get([peer.allreduce_ones.remote(megabytes, group.name) for peer in peers])
+    holds, detail = checks.kept_out_of_the_store(sum(b for _, b in over_gloo.values()), megabytes * MB,
+                                                 sums, members)
+    assert holds, detail
+
+    with store_traffic() as through_the_store:
+        parts = [peer.ones.remote(megabytes) for peer in peers]
+        sums = ray.get([peer.total.remote(parts) for peer in peers])
+    holds, detail = checks.kept_out_of_the_store(sum(b for _, b in through_the_store.values()), megabytes * MB,
+                                                 sums, members)
+    assert not holds, detail
+    ray.experimental.collective.destroy_collective_group(group)
+    for peer in peers:
+        ray.kill(peer)
+
+
+@ray.remote(num_cpus=0)
 class Runs:
     def __init__(self) -> None:
         self.nodes: list[str] = []

@@ -160,6 +160,15 @@ def entered_once_per_node(created: Mapping[str, tuple[int, int]], reader_nodes: 
                    f"for {size / MB:.1f} MB of data; {sum(once.values())} of {len(once)} nodes as expected")
 
 
+def kept_out_of_the_store(stored_bytes: int, exchanged_bytes: int, sums: Sequence[float], members: int) -> Check:
+    """60: a collective exchanged ``exchanged_bytes`` per member while the nodes' stores took
+    under 1 % of that (``stored_bytes``, from :func:`helpers.store.store_traffic`), and every
+    member's sum of ones is the number of members."""
+    holds = stored_bytes < 0.01 * exchanged_bytes and list(sums) == [float(members)] * members
+    return holds, (f"{stored_bytes / MB:.2f} MB entered the stores for {exchanged_bytes / MB:.0f} MB a member; "
+                   f"sums {sorted(set(sums))} for {members} members")
+
+
 def held_in_the_store(sizes: Sequence[int | None], data_bytes: float) -> Check:
     """33: a table partitioned into several objects, each held in a node's store, together
     0.9 to 1.25 times the table's bytes.
