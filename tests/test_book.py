@@ -77,8 +77,9 @@ SHOWN_IN_A_CHAPTER = {
     # 24_alibi: every Ray Serve replica serves calls between deployments over gRPC on [::];
     # 36_ray_libraries sends requests over it.
     "Serve's replica gRPC server": re.compile(r"^ray::ServeReplica"),
-    # 60_collectives: rank 0 of Ray's Gloo group lets PyTorch open its TCPStore, on every interface.
-    "the rendezvous store of Ray's Gloo group": re.compile(r"^ray::GroupMember"),
+    # 60_collectives: rank 0 of Ray's Gloo group lets PyTorch open its TCPStore, on every interface;
+    # 61_direct_transport's actors form the same group.
+    "the rendezvous store of Ray's Gloo group": re.compile(r"^ray::(GroupMember|TensorHolder)"),
 }
 
 

@@ -564,6 +564,44 @@ def test_60_an_exchange_through_ray_calls_fills_the_store(small_cluster):
         ray.kill(peer)
 
 
+def test_61_a_tensor_returned_without_direct_transport_enters_the_store(small_cluster):
+    """61 claims that a tensor returned by a method marked tensor_transport="gloo" and passed by
+    reference to another actor goes past the object store. The same method without the mark
+    (the mechanism off) returns it through the store: counted the same way, the stores take
+    its bytes twice (put, then pulled), and the check fails."""
+    import ray.experimental.collective
+    import torch
+
+    from helpers.store import store_traffic
+
+    @ray.remote(num_cpus=0)
+    class Holder:
+        @ray.method(tensor_transport="gloo")
+        def make(self, megabytes: int):
+            return torch.ones(megabytes * MB // 4)
+
+        def make_plain(self, megabytes: int):
+            return torch.ones(megabytes * MB // 4)
+
+        def total(self, tensor) -> float:
+            return float(tensor.sum())
+
+    sender, receiver = [Holder.options(scheduling_strategy="SPREAD").remote() for _ in range(2)]
+    group = ray.experimental.collective.create_collective_group([sender, receiver], backend="torch_gloo")
+    stored = {}
+    for path, make in (("direct", sender.make), ("store", sender.make_plain)):
+        with store_traffic() as traffic:
+            assert ray.get(receiver.total.remote(make.remote(8))) == 8 * MB // 4
+        stored[path] = {8 * MB: sum(nbytes for _, nbytes in traffic.values())}
+    holds, detail = checks.passed_past_the_store(stored["direct"])
+    assert holds, detail
+    holds, detail = checks.passed_past_the_store(stored["store"])
+    assert not holds, detail
+    ray.experimental.collective.destroy_collective_group(group)
+    for holder in (sender, receiver):
+        ray.kill(holder)
+
+
 @ray.remote(num_cpus=0)
 class Runs:
     def __init__(self) -> None:

@@ -169,6 +169,15 @@ def kept_out_of_the_store(stored_bytes: int, exchanged_bytes: int, sums: Sequenc
                    f"sums {sorted(set(sums))} for {members} members")
 
 
+def passed_past_the_store(stored: Mapping[int, int]) -> Check:
+    """61: tensors of several sizes went from one actor to another while the nodes' stores
+    took under 1 % of each one's bytes. ``stored`` maps each tensor's bytes to what the
+    stores created meanwhile (:func:`helpers.store.store_traffic`); at least one tensor must
+    be 1 MB or more, or the store would not have been asked to hold it anyway."""
+    holds = any(size >= MB for size in stored) and all(taken < 0.01 * size for size, taken in stored.items())
+    return holds, "; ".join(f"{size / MB:g} MB: {taken / MB:.2f} MB in the stores" for size, taken in stored.items())
+
+
 def held_in_the_store(sizes: Sequence[int | None], data_bytes: float) -> Check:
     """33: a table partitioned into several objects, each held in a node's store, together
     0.9 to 1.25 times the table's bytes.
