@@ -602,6 +602,43 @@ def test_61_a_tensor_returned_without_direct_transport_enters_the_store(small_cl
         ray.kill(holder)
 
 
+def test_62_a_pipeline_of_actor_calls_runs_a_task_per_execution(small_cluster):
+    """62 claims that a compiled graph runs every execution of a pipeline in one task per
+    stage. The same stages called with .remote() (compilation switched off) run a task per
+    execution, and the check fails."""
+    from ray.dag import InputNode
+
+    @ray.remote(num_cpus=0)
+    class Stage:
+        def __init__(self) -> None:
+            self.task_ids: set[str] = set()
+
+        def step(self, value: int) -> int:
+            self.task_ids.add(ray.get_runtime_context().get_task_id())
+            return value + 1
+
+        def tasks_seen(self) -> int:
+            return len(self.task_ids)
+
+    executions = 20
+    called = [Stage.remote() for _ in range(2)]
+    for i in range(executions):
+        assert ray.get(called[1].step.remote(called[0].step.remote(i))) == i + 2
+    holds, detail = checks.one_task_per_stage(ray.get([s.tasks_seen.remote() for s in called]), executions)
+    assert not holds, detail
+
+    compiled_stages = [Stage.remote() for _ in range(2)]
+    with InputNode() as value:
+        dag = compiled_stages[1].step.bind(compiled_stages[0].step.bind(value))
+    compiled = dag.experimental_compile()
+    assert [ray.get(compiled.execute(i)) for i in range(executions)] == [i + 2 for i in range(executions)]
+    compiled.teardown()
+    holds, detail = checks.one_task_per_stage(ray.get([s.tasks_seen.remote() for s in compiled_stages]), executions)
+    assert holds, detail
+    for stage in called + compiled_stages:
+        ray.kill(stage)
+
+
 @ray.remote(num_cpus=0)
 class Runs:
     def __init__(self) -> None:

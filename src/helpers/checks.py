@@ -178,6 +178,13 @@ def passed_past_the_store(stored: Mapping[int, int]) -> Check:
     return holds, "; ".join(f"{size / MB:g} MB: {taken / MB:.2f} MB in the stores" for size, taken in stored.items())
 
 
+def one_task_per_stage(tasks_per_stage: Sequence[int], executions: int) -> Check:
+    """62: each stage of a pipeline ran ``executions`` executions (more than one) under a single
+    task ID: channels between long-running loops, not a task per message."""
+    holds = executions > 1 and bool(tasks_per_stage) and all(tasks == 1 for tasks in tasks_per_stage)
+    return holds, f"task IDs seen by each stage {list(tasks_per_stage)}, for {executions} executions"
+
+
 def held_in_the_store(sizes: Sequence[int | None], data_bytes: float) -> Check:
     """33: a table partitioned into several objects, each held in a node's store, together
     0.9 to 1.25 times the table's bytes.
