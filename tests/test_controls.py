@@ -639,6 +639,36 @@ def test_62_a_pipeline_of_actor_calls_runs_a_task_per_execution(small_cluster):
         ray.kill(stage)
 
 
+def test_63_a_materialized_dataset_larger_than_the_stores_spills(small_cluster):
+    """63 claims that a dataset twice the size of all the object stores streams through them
+    without spilling: Ray Data's executor holds producers back while their blocks wait. With
+    streaming switched off (materialize() keeps every block), the same dataset must spill,
+    counted the same way, and the check fails."""
+    import logging
+
+    from helpers.store import spill_counters
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    stores_bytes = sum(node.object_store_mb for node in small_cluster.nodes()) * MB
+    block_mb = 8
+    blocks = int(2 * stores_bytes / (block_mb * MB))
+
+    def make_block(batch: dict) -> dict:
+        return {"values": np.stack([np.full(block_mb * MB // 8, float(i)) for i in batch["id"]])}
+
+    dataset = ray.data.range(blocks, override_num_blocks=blocks).map_batches(make_block, batch_size=1)
+    spilled_before = spill_counters(small_cluster.address)["spilled MiB"]
+    materialized = dataset.materialize()
+    total = sum(float(batch["values"][:, 0].sum())
+                for batch in materialized.iter_batches(batch_size=1, batch_format="numpy"))
+    spilled = spill_counters(small_cluster.address)["spilled MiB"] - spilled_before
+    holds, detail = checks.streamed_without_spilling(materialized.count(), blocks, total, spilled,
+                                                     blocks * block_mb * MB, stores_bytes)
+    del materialized
+    assert spilled > 0 and not holds, detail
+
+
 @ray.remote(num_cpus=0)
 class Runs:
     def __init__(self) -> None:

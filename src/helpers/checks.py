@@ -185,6 +185,17 @@ def one_task_per_stage(tasks_per_stage: Sequence[int], executions: int) -> Check
     return holds, f"task IDs seen by each stage {list(tasks_per_stage)}, for {executions} executions"
 
 
+def streamed_without_spilling(rows: int, blocks: int, total: float, spilled_mb: float, data_bytes: int,
+                              stores_bytes: int) -> Check:
+    """63: every block of a dataset larger than all the object stores together arrived once
+    (block i carries the value i, so the values sum to 0 + 1 + ... + blocks - 1), and nothing
+    spilled to disk meanwhile (``spilled_mb``, from :func:`helpers.store.spill_counters`)."""
+    holds = (rows == blocks and total == blocks * (blocks - 1) / 2 and data_bytes > stores_bytes
+             and spilled_mb == 0)
+    return holds, (f"{rows} of {blocks} blocks, {data_bytes / MB:.0f} MB for {stores_bytes / MB:.0f} MB of "
+                   f"stores; {spilled_mb:.0f} MB spilled")
+
+
 def held_in_the_store(sizes: Sequence[int | None], data_bytes: float) -> Check:
     """33: a table partitioned into several objects, each held in a node's store, together
     0.9 to 1.25 times the table's bytes.
