@@ -215,7 +215,9 @@ class LiveCluster:
             self._own_storage.cleanup()
             self._own_storage = None
         if self._local is not None:
+            raylets = [child.pid for child in psutil.Process().children(recursive=True) if child.name() == "raylet"]
             self._local.shutdown()
+            remove_channel_semaphores(raylets)
             self._local = None
         if _current is self:
             _current = None
@@ -409,6 +411,22 @@ def _reload_ray_settings() -> None:
     """Make Ray re-read its settings and token, which it caches from the environment."""
     Config.initialize("")
     AuthenticationTokenLoader.instance().reset_cache()
+
+
+def remove_channel_semaphores(raylet_pids: list[int]) -> None:
+    """Remove the named semaphores a node's object store leaves in /dev/shm.
+
+    Checked against Ray 2.60: a compiled graph's channels (chapter 62) are mutable objects,
+    and the raylet that holds one creates two POSIX semaphores for it
+    (``sem.hdr<raylet pid>-<n>``, ``sem.obj<raylet pid>-<n>``) that nothing unlinks, not
+    even the raylet's exit. Called with the stopped raylets' pids, it removes theirs only.
+    """
+    for pid in raylet_pids:
+        for kind in ("hdr", "obj"):
+            prefix = f"sem.{kind}{pid}-"
+            for name in os.listdir("/dev/shm") if os.path.isdir("/dev/shm") else []:
+                if name.startswith(prefix):
+                    os.remove(os.path.join("/dev/shm", name))
 
 
 def shutdown() -> None:
