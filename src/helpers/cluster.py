@@ -421,12 +421,10 @@ def remove_channel_semaphores(raylet_pids: list[int]) -> None:
     (``sem.hdr<raylet pid>-<n>``, ``sem.obj<raylet pid>-<n>``) that nothing unlinks, not
     even the raylet's exit. Called with the stopped raylets' pids, it removes theirs only.
     """
-    for pid in raylet_pids:
-        for kind in ("hdr", "obj"):
-            prefix = f"sem.{kind}{pid}-"
-            for name in os.listdir("/dev/shm") if os.path.isdir("/dev/shm") else []:
-                if name.startswith(prefix):
-                    os.remove(os.path.join("/dev/shm", name))
+    prefixes = tuple(f"sem.{kind}{pid}-" for pid in raylet_pids for kind in ("hdr", "obj"))
+    for name in os.listdir("/dev/shm") if prefixes and os.path.isdir("/dev/shm") else []:
+        if name.startswith(prefixes):
+            os.remove(os.path.join("/dev/shm", name))
 
 
 def shutdown() -> None:

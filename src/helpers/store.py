@@ -138,7 +138,7 @@ def batches_sent_by_ray_pools() -> Iterator[list[tuple[str, int]]]:
 @contextlib.contextmanager
 def store_traffic() -> Iterator[dict[str, tuple[int, int]]]:
     """The objects and bytes each node's store created while the block ran, by node ID
-    (chapter 36): every ``ray.put``, every task or actor result and argument over 100 KiB,
+    (chapters 36, 60, 61, 63): every ``ray.put``, every task or actor result and argument over 100 KiB,
     and every copy a node pulled from another. Ray's own cumulative counters, asked of each
     live node's raylet before and after; filled in when the block ends."""
     before = _created_per_node()
