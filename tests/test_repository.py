@@ -50,24 +50,21 @@ def test_notebooks_take_the_common_parameters(notebook):
     assert not missing, f"{notebook.name}: its parameters cell lacks {sorted(missing)}"
 
 
-def gpu_declarations() -> dict[str, tuple[dict | None, str | None]]:
-    found = {}
-    for path in ALL_NOTEBOOKS:
-        book = json.loads(path.read_text())["metadata"].get("ray_library_patterns", {})
-        found[path.stem] = (book.get("gpu"), book.get("no_gpu_path"))
-    return found
+def book_metadata(notebook) -> dict:
+    return json.loads(notebook.read_text())["metadata"].get("ray_library_patterns", {})
 
 
 def test_each_chapter_has_a_gpu_path_with_its_claim_or_says_why_not():
     """A `gpu` variant runs only where the chapter does something else on a GPU, and a claim there
     says the GPU did the work; every other chapter says why it has none (the list below)."""
-    for stem, (gpu, why_not) in gpu_declarations().items():
-        assert (gpu is None) != (why_not is None), f"{stem}: declare exactly one of gpu and no_gpu_path"
+    for notebook in ALL_NOTEBOOKS:
+        book = book_metadata(notebook)
+        gpu, why_not = book.get("gpu"), book.get("no_gpu_path")
+        assert (gpu is None) != (why_not is None), f"{notebook.stem}: declare exactly one of gpu and no_gpu_path"
         if gpu:
-            claims = json.loads((ROOT / "notebooks" / f"{stem}.ipynb").read_text())["metadata"][
-                "ray_library_patterns"]["claims"]
-            assert gpu["does"] and gpu["claim"] in claims, f"{stem}: its GPU claim is not declared"
-    print("\n".join(f"no GPU path: {stem}: {why}" for stem, (_, why) in gpu_declarations().items() if why))
+            assert gpu["does"] and gpu["claim"] in book["claims"], f"{notebook.stem}: its GPU claim is not declared"
+        else:
+            print(f"no GPU path: {notebook.stem}: {why_not}")
 
 
 # Chapters 1x, 2x and 3x show one level each; 0x gets started, 4x compares the levels,
