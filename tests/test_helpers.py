@@ -69,6 +69,27 @@ def test_every_notebook_declares_what_would_make_each_claim_fail():
         assert not vague, f"{notebook.name}: no 'fails_if' for {vague}"
 
 
+def test_claims_are_grouped_by_what_they_show_about_the_level():
+    notebook = {"metadata": {"ray_library_patterns": {"claims": {
+        "in the store": {"fails_if": "...", "shows": "data in the store"},
+        "sums": {"fails_if": "..."},
+        "over Gloo": {"fails_if": "...", "shows": "its own wire"}}}}}
+    assert results.claims_showing(notebook) == {"data in the store": ["in the store"],
+                                                "its own wire": ["over Gloo"]}
+    notebook["metadata"]["ray_library_patterns"]["claims"]["sums"]["shows"] = "speed"
+    with pytest.raises(ValueError, match="'sums' shows 'speed'"):
+        results.claims_showing(notebook)
+
+
+def test_every_chapter_of_a_level_has_a_claim_that_shows_its_level():
+    # 40_choosing_the_level answers the decision guide from these, so a chapter without one
+    # (or with a mistyped one) would leave the guide without its evidence.
+    for notebook in book_notebooks():
+        if notebook.stem[0] in "1236":
+            shown = results.claims_showing(nbformat.read(notebook, as_version=4))
+            assert set(shown) - {"a hand-off through the store"}, f"{notebook.name}: no claim shows its level"
+
+
 CONTROL_TESTS = {node.name for node in ast.parse((Path(__file__).parent / "test_controls.py").read_text()).body
                  if isinstance(node, ast.FunctionDef)}
 
@@ -220,6 +241,9 @@ def test_a_package_is_counted_without_its_tests_and_examples(tmp_path, monkeypat
     ("Worker = ray.remote(num_cpus=1)(Trainer)\nstep = ray.remote(train_step)", ["tasks", "actors"]),
     ("group = placement_group([{'CPU': 1}] * 2)", ["placement groups"]),
     ("ref = ray.put(table)", ["object store"]),
+    ("collective.create_collective_group(members, backend='torch_gloo')", ["collective groups"]),
+    ("@ray.method(tensor_transport='gloo')\ndef make(self): ...", ["direct transport"]),
+    ("graph = node.experimental_compile()", ["compiled graphs"]),
     ("ray.init()\nray.get(handle.call.remote())", []),
 ])
 def test_ray_features_are_found_by_api_name(source, features):

@@ -27,6 +27,10 @@ RAY_FEATURES = {
                          r"|\bray\.remote\(\s*[A-Z_]\w*\s*\)|\bActorPool\b|\bray\.get_actor\("),
     "placement groups": re.compile(r"\bplacement_group\(|\bPlacementGroupSchedulingStrategy\b"),
     "object store": re.compile(r"\bray\.put\(|\bObjectRef\b"),
+    # Since the article (see the part "Ray since the article"):
+    "collective groups": re.compile(r"\b(create|init)_collective_group\("),
+    "direct transport": re.compile(r"\btensor_transport="),
+    "compiled graphs": re.compile(r"\.experimental_compile\("),
 }
 
 
@@ -104,7 +108,7 @@ def package_lines(module: str) -> int:
 
 
 def ray_features(source: str) -> list[str]:
-    """The Ray features (tasks, actors, placement groups, object store) that ``source`` calls by name."""
+    """The Ray features (tasks, actors, placement groups, object store, ...) that ``source`` calls by name."""
     return [feature for feature, pattern in RAY_FEATURES.items() if pattern.search(source)]
 
 

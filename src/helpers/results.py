@@ -86,6 +86,28 @@ def declared_claims(notebook: dict) -> dict[str, dict[str, str]]:
     return notebook.get("metadata", {}).get("ray_library_patterns", {}).get("claims", {})
 
 
+# What a claim can show about its chapter's level: each answers one of the decision guide's
+# questions (book/choosing.md) with a check, where the chapter's metadata says ``"shows": ...``.
+SHOWS = {
+    "data in the store": "the library keeps its data in Ray's object store",
+    "messages through Ray": "its parts talk through Ray's calls, references or channels",
+    "its own wire": "its workers exchange their bytes over a transport of their own",
+    "a hand-off through the store": "it hands its result to another library through the store",
+}
+
+
+def claims_showing(notebook: dict) -> dict[str, list[str]]:
+    """The notebook's declared claims that show something about its level, by what they show."""
+    found: dict[str, list[str]] = {}
+    for name, claim in declared_claims(notebook).items():
+        shows = claim.get("shows")
+        if shows is not None and shows not in SHOWS:
+            raise ValueError(f"claim {name!r} shows {shows!r}, not one of {sorted(SHOWS)}")
+        if shows is not None:
+            found.setdefault(shows, []).append(name)
+    return found
+
+
 def unaccounted_claims(declared: dict, records: list[dict[str, Any]]) -> dict[str, list[str]]:
     """Declared claims a run neither checked nor recorded as not checked, and the reverse."""
     made = [r["name"] for r in records if r["kind"] in ("claim", "not checked")]
