@@ -22,6 +22,22 @@ def test_every_notebook_is_in_the_book():
     assert set(ALL_NOTEBOOKS) == set(toc_notebooks())
 
 
+def page_title(page) -> str:
+    if page.suffix == ".ipynb":
+        text = next(c["source"] for c in json.loads(page.read_text())["cells"] if c["cell_type"] == "markdown")
+        text = "".join(text)
+    else:
+        text = page.read_text()
+    return next(line[2:].strip() for line in text.splitlines() if line.startswith("# "))
+
+
+def test_every_page_in_the_table_of_contents_has_a_title_of_its_own():
+    files = re.findall(r"(?:root|file): (\S+)", (ROOT / "_toc.yml").read_text())
+    pages = [next(ROOT.glob(f"{name}.*")) for name in files]
+    titles = [page_title(page) for page in pages]
+    assert len(set(titles)) == len(titles), sorted({t for t in titles if titles.count(t) > 1})
+
+
 
 
 @pytest.mark.parametrize("notebook", ALL_NOTEBOOKS, ids=lambda p: p.stem)
