@@ -55,7 +55,7 @@ def check_listeners(cluster):
 def test_token_authentication_is_on(cluster):
     import os
     assert os.environ["RAY_AUTH_MODE"] == "token"
-    from ray._raylet import AuthenticationMode, get_authentication_mode
+    from helpers.internals import AuthenticationMode, get_authentication_mode
     assert get_authentication_mode() == AuthenticationMode.TOKEN
 
 

@@ -27,6 +27,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 import helpers
 from helpers import checks
+from helpers.internals import object_locations
 from helpers.network import addresses_of_actors, spark_executor_addresses
 from helpers.run import NotebookFailed, execute
 from helpers.store import bytes_stored_by, held_sizes, objects_created_by, smallest_stored_argument
@@ -341,7 +342,7 @@ def holders(reference: ray.ObjectRef, nodes: int) -> list[str]:
     """The nodes that hold a copy, once ``nodes`` have reported one (they do so asynchronously)."""
     deadline = time.monotonic() + 10
     while True:
-        found = ray.experimental.get_object_locations([reference])[reference]["node_ids"]
+        found = object_locations([reference])[reference]["node_ids"]
         if len(found) >= nodes or time.monotonic() > deadline:
             return found
         time.sleep(0.05)

@@ -47,6 +47,9 @@ def test_notebooks_are_committed_without_outputs(notebook):
                               capture_output=True, text=True)
     assert stripped.returncode == 0, (f"{notebook.name} carries outputs; strip it with "
                                       f".venv/bin/nbstripout --keep-id {notebook.relative_to(ROOT)}")
+    # nbformat 4.5 wants an id on every cell, and the benchmarks name slow cells by it.
+    missing = [i for i, cell in enumerate(json.loads(notebook.read_text())["cells"]) if "id" not in cell]
+    assert not missing, f"{notebook.name}: cells {missing} have no id"
 
 
 def test_code_and_notebooks_pass_ruff():

@@ -14,6 +14,8 @@
   and one storage folder (the tests run every notebook on one).
 * :mod:`helpers.plots`: one figure style, titles and units required.
 * :mod:`helpers.gpu`: find a CUDA GPU, fall back to the CPU.
+* :mod:`helpers.internals`: the private and experimental APIs of Ray the book uses, the
+  only module that reaches them (tests/test_internals.py checks both).
 * :mod:`helpers.run`: execute a notebook with parameters, unattended.
 """
 

@@ -26,10 +26,9 @@ from typing import Any
 
 import psutil
 import ray
-from ray._private import ray_constants
-from ray._raylet import AuthenticationTokenLoader, Config
 from ray.cluster_utils import Cluster
 
+from helpers.internals import AuthenticationTokenLoader, Config, ray_constants
 from helpers.network import is_loopback
 from helpers.results import machine
 
@@ -92,6 +91,7 @@ class LiveCluster:
         self._local = local
         self._storage_path: str | None = None  # start_or_join's storage_path
         self._own_storage: tempfile.TemporaryDirectory | None = None
+        self.session_dir = ""  # where Ray keeps this session's logs and state, once connected
 
     @property
     def started_here(self) -> bool:
@@ -331,8 +331,10 @@ def _join(address: str, runtime_env: dict[str, Any] | None) -> LiveCluster:
         _reload_ray_settings()
     # An explicit address, always: with none, ray.init attaches to whatever
     # cluster was started last on this machine.
-    ray.init(address=address, runtime_env=runtime_env, logging_level=QUIET)
-    return LiveCluster(address, spec=None, local=None)
+    context = ray.init(address=address, runtime_env=runtime_env, logging_level=QUIET)
+    cluster = LiveCluster(address, spec=None, local=None)
+    cluster.session_dir = context.address_info["session_dir"]
+    return cluster
 
 
 def _start(spec: ClusterSpec, runtime_env: dict[str, Any] | None) -> LiveCluster:
@@ -359,7 +361,9 @@ def _start(spec: ClusterSpec, runtime_env: dict[str, Any] | None) -> LiveCluster
         for _ in range(spec.worker_nodes):
             local.add_node(wait=False, **node_args)  # start them side by side
         local.wait_for_nodes()
-        ray.init(address=local.address, _node_ip_address=LOOPBACK, runtime_env=runtime_env, logging_level=QUIET)
+        context = ray.init(address=local.address, _node_ip_address=LOOPBACK, runtime_env=runtime_env,
+                           logging_level=QUIET)
+        cluster.session_dir = context.address_info["session_dir"]
     except BaseException:
         cluster.shutdown()
         raise

@@ -305,10 +305,8 @@ def _global_state():
     """Ray's own view of the cluster (private: the public state API needs the dashboard)."""
     global _state
     if _state is None:
-        from ray._private.state import GlobalState
-        from ray._raylet import GcsClientOptions
-
         from helpers.cluster import _reload_ray_settings
+        from helpers.internals import GcsClientOptions, GlobalState
 
         _reload_ray_settings()  # Ray reads its token from the environment once: read it again
         _state = GlobalState()

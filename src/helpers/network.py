@@ -104,7 +104,9 @@ def spark_executor_addresses(spark: Any) -> list[tuple[str, int]]:
     It is where the executor's block manager serves: Spark's own record of where the
     executor is, whoever started its process.
     """
-    context = spark.sparkContext._jsc.sc()
+    from helpers.internals import spark_scala_context
+
+    context = spark_scala_context(spark)
     driver = context.env().blockManager().blockManagerId()
     executors = [(info.host(), info.port()) for info in context.statusTracker().getExecutorInfos()]
     return [address for address in executors if address != (driver.host(), driver.port())]

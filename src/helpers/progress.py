@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import tqdm.std
 import xgboost
-from ray.experimental import tqdm_ray
+
+from helpers.internals import tqdm_ray
 
 
 def draw_remote_bars_as_text() -> None:

@@ -19,15 +19,19 @@ from typing import Any
 import numpy as np
 import ray
 
-# Private, but Ray has no public way to list the references a driver holds
-# or to read the store's counters.
-from ray._private.internal_api import get_memory_info_reply, get_state_from_address, memory_summary, node_stats
-from ray._private.worker import global_worker
+from helpers.internals import (
+    get_memory_info_reply,
+    get_state_from_address,
+    memory_summary,
+    node_stats,
+    object_locations,
+    reference_counts,
+)
 
 
 def owned_objects() -> set:
     """The IDs of the objects this driver holds references to."""
-    return set(global_worker.core_worker.get_all_reference_counts())
+    return set(reference_counts())
 
 
 @ray.remote(num_cpus=0)
@@ -213,7 +217,7 @@ def held_sizes(refs: list[ray.ObjectRef]) -> list[int | None]:
     object exists.
     """
     ray.wait(refs, num_returns=len(refs), fetch_local=False)
-    found = ray.experimental.get_object_locations(refs)
+    found = object_locations(refs)
     return [found[ref]["object_size"] if found[ref]["node_ids"] else None for ref in refs]
 
 
