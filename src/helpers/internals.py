@@ -21,7 +21,8 @@ import ray
 # no public call makes it read them again.
 from ray._private import ray_constants
 
-# The store's counters per node (store.py): Ray exports them as metrics only to Prometheus.
+# The store's counters per node (store.py): Ray's public route to them is its metrics, served
+# in Prometheus' format by each node's agent over HTTP; the raylets answer these calls directly.
 from ray._private.internal_api import get_memory_info_reply, get_state_from_address, memory_summary, node_stats
 
 # Ray's view of a cluster without its dashboard (machines.py: the simulated machines run none).
@@ -52,8 +53,8 @@ def reference_counts() -> dict[str, Any]:
 def object_locations(refs: list[ray.ObjectRef]) -> dict[ray.ObjectRef, dict[str, Any]]:
     """Each object's size and the nodes whose stores hold a copy (``ray.experimental``).
 
-    The state API reports an object's size and node only with the dashboard running, and
-    one node per object, not every copy.
+    The state API (``ray.util.state.list_objects``) needs the dashboard, and lists where each
+    reference is held, not which stores hold a copy.
     """
     return ray.experimental.get_object_locations(refs)
 
