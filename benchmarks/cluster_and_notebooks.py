@@ -1,6 +1,7 @@
 """Print what a live cluster costs on this machine, and how long each notebook takes.
 
-    .venv/bin/python benchmarks/cluster_and_notebooks.py [--starts 3] [--no-notebooks] [--full]
+    .venv/bin/python benchmarks/cluster_and_notebooks.py
+        [--starts 3] [--no-notebooks] [--full]
 
 Figures, not tests: this machine is shared and noisy, so nothing here passes
 or fails. Targets (from the foundation issue), on 2 cores:
@@ -64,48 +65,77 @@ def measure_cluster(starts: int) -> None:
         cluster = helpers.start_or_join(None, worker_nodes=2, quiet=True)
         seconds.append(time.perf_counter() - start)
         rss_idle.append(rss_by_kind(cluster_processes()))
-        ray.get([node_id.options(scheduling_strategy="SPREAD").remote() for _ in range(6)])
+        ray.get(
+            [node_id.options(scheduling_strategy="SPREAD").remote() for _ in range(6)]
+        )
         rss_busy.append(rss_by_kind(cluster_processes()))
         cluster.shutdown()
-    print(f"cluster start, head + 2 worker nodes ({starts} starts): "
-          f"median {statistics.median(seconds):.1f} s, min {min(seconds):.1f} s, "
-          f"max {max(seconds):.1f} s   (target <= 10 s)")
-    for label, samples in (("just started", rss_idle), ("after a task per node", rss_busy)):
+    print(
+        f"cluster start, head + 2 worker nodes ({starts} starts): "
+        f"median {statistics.median(seconds):.1f} s, min {min(seconds):.1f} s, "
+        f"max {max(seconds):.1f} s   (target <= 10 s)"
+    )
+    for label, samples in (
+        ("just started", rss_idle),
+        ("after a task per node", rss_busy),
+    ):
         totals = [sum(s.values()) / 2**30 for s in samples]
-        print(f"cluster RSS, {label}: median {statistics.median(totals):.2f} GB "
-              f"(target <= 1.5 GB); by process, last start:")
+        print(
+            f"cluster RSS, {label}: median {statistics.median(totals):.2f} GB "
+            f"(target <= 1.5 GB); by process, last start:"
+        )
         for name, rss in sorted(samples[-1].items(), key=lambda kv: -kv[1]):
             print(f"    {name:<28} {rss / 2**20:7.0f} MB")
 
 
 def measure_machines(starts: int) -> None:
-    """The cluster of simulated machines the tests join: its start, and its memory beside the plain one."""
+    """The cluster of simulated machines the tests join: its start, and its memory
+    beside the plain one."""
     seconds, rss = [], []
     with tempfile.TemporaryDirectory(dir="/var/tmp") as storage:
         for _ in range(starts):
             with SimulatedCluster(storage) as machines:
                 seconds.append(machines.start_s)
-                rss.append(sum(rss_by_kind([psutil.Process(p) for p in machines.processes()]).values()))
-    print(f"simulated machines start, head + 2 worker nodes ({starts} starts): "
-          f"median {statistics.median(seconds):.1f} s, min {min(seconds):.1f} s, "
-          f"max {max(seconds):.1f} s   (target <= 15 s); RSS just started: "
-          f"median {statistics.median(rss) / 2**30:.2f} GB")
+                rss.append(
+                    sum(
+                        rss_by_kind(
+                            [psutil.Process(p) for p in machines.processes()]
+                        ).values()
+                    )
+                )
+    print(
+        f"simulated machines start, head + 2 worker nodes ({starts} starts): "
+        f"median {statistics.median(seconds):.1f} s, min {min(seconds):.1f} s, "
+        f"max {max(seconds):.1f} s   (target <= 15 s); RSS just started: "
+        f"median {statistics.median(rss) / 2**30:.2f} GB"
+    )
 
 
 SLOW_CELL_S = 10
-BAR = re.compile(r"\d+%\||\[Stage \d+:")  # tqdm's text bar (tqdm_ray's too), Spark's console bar
+BAR = re.compile(
+    r"\d+%\||\[Stage \d+:"
+)  # tqdm's text bar (tqdm_ray's too), Spark's console bar
 
 
 def slow_cells(notebook: dict) -> list[str]:
-    """A line for each cell that ran longer than SLOW_CELL_S: its time, whether it drew a bar, its start."""
+    """A line for each cell that ran longer than SLOW_CELL_S: its time, whether it drew
+    a bar, its start."""
     lines = []
     for cell in notebook["cells"]:
         seconds = cell.get("metadata", {}).get("papermill", {}).get("duration") or 0
         if seconds > SLOW_CELL_S:
-            printed = "".join(output.get("text", "") for output in cell.get("outputs", []))
-            code = [line for line in cell["source"].splitlines() if line.strip() and not line.startswith("#")]
-            lines.append(f"{seconds:5.1f} s  {'bar' if BAR.search(printed) else 'no bar'}  "
-                         f"{cell.get('id')}: {code[0][:60] if code else ''}")
+            printed = "".join(
+                output.get("text", "") for output in cell.get("outputs", [])
+            )
+            code = [
+                line
+                for line in cell["source"].splitlines()
+                if line.strip() and not line.startswith("#")
+            ]
+            lines.append(
+                f"{seconds:5.1f} s  {'bar' if BAR.search(printed) else 'no bar'}  "
+                f"{cell.get('id')}: {code[0][:60] if code else ''}"
+            )
     return lines
 
 
@@ -113,24 +143,35 @@ def measure_notebooks(full: bool) -> None:
     times = {}
     with tempfile.TemporaryDirectory() as out:
         for notebook in toc_notebooks():
-            result = execute(notebook, Path(out) / notebook.name, {} if full else {"smoke": True})
+            result = execute(
+                notebook, Path(out) / notebook.name, {} if full else {"smoke": True}
+            )
             times[notebook.stem] = result.seconds
             print(f"notebook {notebook.stem:<32} {result.seconds:6.1f} s")
             for line in slow_cells(result.notebook):
                 print(f"    {line}")
     size = "full size" if full else "smoke size; target <= 30 s"
-    print(f"notebooks: median {statistics.median(times.values()):.1f} s ({size}), "
-          f"total {sum(times.values()):.1f} s for {len(times)}")
+    print(
+        f"notebooks: median {statistics.median(times.values()):.1f} s ({size}), "
+        f"total {sum(times.values()):.1f} s for {len(times)}"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--starts", type=int, default=3)
     parser.add_argument("--no-notebooks", action="store_true")
-    parser.add_argument("--full", action="store_true", help="the notebooks at their own sizes, not smoke")
+    parser.add_argument(
+        "--full",
+        action="store_true",
+        help="the notebooks at their own sizes, not smoke",
+    )
     args = parser.parse_args()
-    print(f"machine: {psutil.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GB, "
-          f"Ray {ray.__version__}")
+    print(
+        f"machine: {psutil.cpu_count()} CPUs, "
+        f"{psutil.virtual_memory().total / 2**30:.0f} GB, "
+        f"Ray {ray.__version__}"
+    )
     measure_cluster(args.starts)
     reason = unavailable_reason()
     if reason:

@@ -1,4 +1,5 @@
-"""Shared test fixtures: the book's notebooks, their records, and the Ray processes the tests start."""
+"""Shared test fixtures: the book's notebooks, their records, and the Ray processes the
+tests start."""
 
 from __future__ import annotations
 
@@ -17,10 +18,21 @@ from helpers import ledger
 from helpers.results import declared_claims, unaccounted_claims
 
 ROOT = Path(__file__).resolve().parent.parent
-TOOLS = Path(sys.executable).parent  # the environment's commands: jupyter-book, ruff, linkchecker, ...
+TOOLS = Path(
+    sys.executable
+).parent  # the environment's commands: jupyter-book, ruff, linkchecker, ...
 # The last three: Ray's Java workers, RayDP's app master and the Spark driver's JVM.
-RAY_PROCESS_NAMES = ("gcs_server", "raylet", "ray::", "default_worker", "dashboard", "agent",
-                     "io.ray.runtime", "raydp", "SparkSubmit")
+RAY_PROCESS_NAMES = (
+    "gcs_server",
+    "raylet",
+    "ray::",
+    "default_worker",
+    "dashboard",
+    "agent",
+    "io.ray.runtime",
+    "raydp",
+    "SparkSubmit",
+)
 
 
 def toc_notebooks() -> list[Path]:
@@ -59,7 +71,8 @@ def ray_processes() -> set[int]:
 
 
 def describe(pids: set[int]) -> list[str]:
-    """Each process as "pid name command line", for a message that says what was left."""
+    """Each process as "pid name command line", for a message that says what was
+    left."""
     found = []
     for pid in sorted(pids):
         try:
@@ -85,7 +98,8 @@ def wait_until_gone(pids: set[int], timeout: float = 30) -> set[int]:
 
 
 def _running(pid: int) -> bool:
-    """False once the process has exited; collects it if it was ours (adopted or not)."""
+    """False once the process has exited; collects it if it was ours (adopted or
+    not)."""
     try:
         if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
             return True
@@ -96,10 +110,13 @@ def _running(pid: int) -> bool:
 
 
 def check_records(notebook: Path, records: list[dict]) -> None:
-    """A run's records: it measured something, accounted for every claim the notebook declares
-    (checked, or not checked with a reason), and every claim it checked held."""
+    """A run's records: it measured something, accounted for every claim the notebook
+    declares (checked, or not checked with a reason), and every claim it checked
+    held."""
     name = notebook.name
-    assert any(r["kind"] == "measurement" for r in records), f"{name} recorded no measurement"
+    assert any(r["kind"] == "measurement" for r in records), (
+        f"{name} recorded no measurement"
+    )
     declared = declared_claims(nbformat.read(notebook, as_version=4))
     assert declared, f"{name} declares no claim in its metadata"
     wrong = {k: v for k, v in unaccounted_claims(declared, records).items() if v}
@@ -117,12 +134,15 @@ def no_leftovers():
     yield
     left = wait_until_gone(ray_processes() - before_pids)
     assert not left, f"Ray processes left running: {describe(left)}"
-    assert shm_files() <= before_shm, f"/dev/shm files left: {sorted(shm_files() - before_shm)}"
+    assert shm_files() <= before_shm, (
+        f"/dev/shm files left: {sorted(shm_files() - before_shm)}"
+    )
 
 
 @pytest.fixture
 def cluster(no_leftovers):
-    """A small local cluster (a head and one worker node, 1 CPU each), stopped after the test."""
+    """A small local cluster (a head and one worker node, 1 CPU each), stopped after the
+    test."""
     live = helpers.start_or_join(None, worker_nodes=1, quiet=True)
     yield live
     live.shutdown()

@@ -24,7 +24,8 @@ TCP_LISTEN = "0A"  # the state column of /proc/net/tcp, from <net/tcp_states.h>
 
 @dataclass(frozen=True)
 class Listener:
-    """One listening socket, the process that held it, and whether its network is private."""
+    """One listening socket, the process that held it, and whether its network is
+    private."""
 
     ip: str
     port: int
@@ -34,7 +35,8 @@ class Listener:
 
     @property
     def reachable_from_other_machines(self) -> bool:
-        """A wildcard in a namespace with only lo listens on loopback addresses alone."""
+        """A wildcard in a namespace with only lo listens on loopback addresses
+        alone."""
         return not (is_loopback(self.ip) or self.loopback_only_network)
 
     def __str__(self) -> str:
@@ -42,17 +44,19 @@ class Listener:
 
 
 def _address(hex_address: str) -> tuple[str, int]:
-    """/proc/net/tcp's "0100007F:1F90" as ("127.0.0.1", 8080); the address is in host byte order."""
+    """/proc/net/tcp's "0100007F:1F90" as ("127.0.0.1", 8080); the address is in host
+    byte order."""
     hex_ip, hex_port = hex_address.split(":")
     raw = bytes.fromhex(hex_ip)
     # Each 32-bit word is little-endian on the machines we run on (x86-64, arm64).
-    words = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+    words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
     family = socket.AF_INET if len(words) == 4 else socket.AF_INET6
     return socket.inet_ntop(family, words), int(hex_port, 16)
 
 
 def _listening_table(pid: int) -> dict[int, tuple[str, int]]:
-    """Socket inode -> (ip, port) for every listening TCP socket in ``pid``'s network namespace."""
+    """Socket inode -> (ip, port) for every listening TCP socket in ``pid``'s network
+    namespace."""
     table = {}
     for name in ("tcp", "tcp6"):
         path = f"/proc/{pid}/net/{name}"
@@ -101,8 +105,10 @@ def listeners(pids: list[int]) -> set[Listener]:
                 process = " ".join(psutil.Process(pid).cmdline()).strip()
         except (OSError, psutil.Error):  # it exited meanwhile
             continue
-        found |= {Listener(*tables[namespace][inode], pid, process, private[namespace])
-                  for inode in held}
+        found |= {
+            Listener(*tables[namespace][inode], pid, process, private[namespace])
+            for inode in held
+        }
     return found
 
 

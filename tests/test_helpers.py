@@ -1,4 +1,5 @@
-"""The small helpers: results, timing, plots, GPU detection, networks, the notebook runner."""
+"""The small helpers: results, timing, plots, GPU detection, networks, the notebook
+runner."""
 
 from __future__ import annotations
 
@@ -19,9 +20,22 @@ from helpers import gpu, results
 from helpers.book import RecordRenderer, public_repository_url
 from helpers.isolated import run_isolated, unavailable_reason
 from helpers.ledger import Chapter, central_claims, toc_notebooks
-from helpers.lines import code_lines, integration_lines, package_files, package_lines, ray_features
+from helpers.lines import (
+    code_lines,
+    integration_lines,
+    package_files,
+    package_lines,
+    ray_features,
+)
 from helpers.network import exposed, is_loopback, listening_addresses
-from helpers.run import MissingKernel, NotebookFailed, UnknownParameter, declared_parameters, execute, main
+from helpers.run import (
+    MissingKernel,
+    NotebookFailed,
+    UnknownParameter,
+    declared_parameters,
+    execute,
+    main,
+)
 
 
 def test_measure_prints_outside_a_notebook(capsys):
@@ -48,15 +62,22 @@ def test_a_claim_refuses_anything_but_a_bool(not_a_bool):
 
 
 def test_a_run_must_account_for_every_declared_claim():
-    declared = {"checked": {"fails_if": "..."}, "skipped": {"fails_if": "..."},
-                "forgotten": {"fails_if": "..."}}
-    records = [{"kind": "claim", "name": "checked", "holds": True, "detail": ""},
-               {"kind": "not checked", "name": "skipped", "because": "no GPU"},
-               {"kind": "claim", "name": "undeclared", "holds": True, "detail": ""},
-               {"kind": "claim", "name": "undeclared", "holds": True, "detail": ""}]
+    declared = {
+        "checked": {"fails_if": "..."},
+        "skipped": {"fails_if": "..."},
+        "forgotten": {"fails_if": "..."},
+    }
+    records = [
+        {"kind": "claim", "name": "checked", "holds": True, "detail": ""},
+        {"kind": "not checked", "name": "skipped", "because": "no GPU"},
+        {"kind": "claim", "name": "undeclared", "holds": True, "detail": ""},
+        {"kind": "claim", "name": "undeclared", "holds": True, "detail": ""},
+    ]
     assert results.unaccounted_claims(declared, records) == {
         "declared, not accounted for": ["forgotten"],
-        "made, not declared": ["undeclared", "undeclared"], "made twice": ["undeclared"]}
+        "made, not declared": ["undeclared", "undeclared"],
+        "made twice": ["undeclared"],
+    }
     with pytest.raises(ValueError, match="say why"):
         helpers.not_checked("skipped", "")
 
@@ -65,60 +86,98 @@ def test_every_notebook_declares_what_would_make_each_claim_fail():
     for notebook in book_notebooks():
         declared = results.declared_claims(nbformat.read(notebook, as_version=4))
         assert declared, f"{notebook.name} declares no claim"
-        vague = [name for name, d in declared.items() if len(d.get("fails_if", "")) < 15]
+        vague = [
+            name for name, d in declared.items() if len(d.get("fails_if", "")) < 15
+        ]
         assert not vague, f"{notebook.name}: no 'fails_if' for {vague}"
 
 
 def test_claims_are_grouped_by_what_they_show_about_the_level():
-    notebook = {"metadata": {"ray_library_patterns": {"claims": {
-        "in the store": {"fails_if": "...", "shows": "data in the store"},
-        "sums": {"fails_if": "..."},
-        "over Gloo": {"fails_if": "...", "shows": "its own wire"}}}}}
-    assert results.claims_showing(notebook) == {"data in the store": ["in the store"],
-                                                "its own wire": ["over Gloo"]}
+    notebook = {
+        "metadata": {
+            "ray_library_patterns": {
+                "claims": {
+                    "in the store": {"fails_if": "...", "shows": "data in the store"},
+                    "sums": {"fails_if": "..."},
+                    "over Gloo": {"fails_if": "...", "shows": "its own wire"},
+                }
+            }
+        }
+    }
+    assert results.claims_showing(notebook) == {
+        "data in the store": ["in the store"],
+        "its own wire": ["over Gloo"],
+    }
     notebook["metadata"]["ray_library_patterns"]["claims"]["sums"]["shows"] = "speed"
     with pytest.raises(ValueError, match="'sums' shows 'speed'"):
         results.claims_showing(notebook)
 
 
 def test_every_chapter_of_a_level_has_a_claim_that_shows_its_level():
-    # 40_choosing_the_level answers the decision guide from these, so a chapter without one
-    # (or with a mistyped one) would leave the guide without its evidence.
+    # 40_choosing_the_level answers the decision guide from these, so a chapter without
+    # one (or with a mistyped one) would leave the guide without its evidence.
     for notebook in book_notebooks():
         if notebook.stem[0] in "1236":
             shown = results.claims_showing(nbformat.read(notebook, as_version=4))
-            assert set(shown) - {"a hand-off through the store"}, f"{notebook.name}: no claim shows its level"
+            assert set(shown) - {"a hand-off through the store"}, (
+                f"{notebook.name}: no claim shows its level"
+            )
 
 
-CONTROL_TESTS = {node.name for node in ast.parse((Path(__file__).parent / "test_controls.py").read_text()).body
-                 if isinstance(node, ast.FunctionDef)}
+CONTROL_TESTS = {
+    node.name
+    for node in ast.parse((Path(__file__).parent / "test_controls.py").read_text()).body
+    if isinstance(node, ast.FunctionDef)
+}
 
 
 @pytest.mark.parametrize("notebook", book_notebooks(), ids=lambda p: p.stem)
 def test_each_chapter_names_the_negative_control_of_its_central_claim(notebook):
     declared = results.declared_claims(nbformat.read(notebook, as_version=4))
-    controls = {name: d["negative_control"] for name, d in declared.items() if "negative_control" in d}
-    assert len(controls) == 1, f"{notebook.name}: one central claim with a negative control, not {controls}"
+    controls = {
+        name: d["negative_control"]
+        for name, d in declared.items()
+        if "negative_control" in d
+    }
+    assert len(controls) == 1, (
+        f"{notebook.name}: one central claim with a negative control, not {controls}"
+    )
     [(central, control)] = controls.items()
-    # Either a test of tests/test_controls.py, or another claim of the chapter that runs the
-    # central check with the mechanism off.
+    # Either a test of tests/test_controls.py, or another claim of the chapter that runs
+    # the central check with the mechanism off.
     if control.startswith("claim: "):
         exists = control.removeprefix("claim: ") in declared
     else:
         path, _, test = control.partition("::")
         exists = path == "tests/test_controls.py" and test in CONTROL_TESTS
-    assert exists, f"{notebook.name}: {central!r} names the control {control!r}, which does not exist"
+    assert exists, (
+        f"{notebook.name}: {central!r} names the control {control!r}, "
+        "which does not exist"
+    )
 
 
 def test_records_are_read_back_from_outputs():
     record = {"kind": "claim", "name": "x", "holds": True, "detail": "d"}
-    notebook = {"cells": [
-        {"cell_type": "code", "outputs": [{"output_type": "display_data",
-                                           "data": {results.MIME_TYPE: record}}]},
-        {"cell_type": "code", "outputs": [{"output_type": "display_data",
-                                           "data": {results.MIME_TYPE: json.dumps(record)}}]},
-        {"cell_type": "markdown"},
-    ]}
+    notebook = {
+        "cells": [
+            {
+                "cell_type": "code",
+                "outputs": [
+                    {"output_type": "display_data", "data": {results.MIME_TYPE: record}}
+                ],
+            },
+            {
+                "cell_type": "code",
+                "outputs": [
+                    {
+                        "output_type": "display_data",
+                        "data": {results.MIME_TYPE: json.dumps(record)},
+                    }
+                ],
+            },
+            {"cell_type": "markdown"},
+        ]
+    }
     assert results.records_in(notebook) == [record, record]
 
 
@@ -147,10 +206,20 @@ def test_within_returns_raises_or_gives_up():
     assert time.perf_counter() - start < 5
 
 
-@pytest.mark.parametrize("host, loopback", [
-    ("127.0.0.1", True), ("127.0.0.3", True), ("::1", True), ("::ffff:127.0.0.1", True),
-    ("localhost", True), ("0.0.0.0", False), ("", False), ("::", False), ("192.0.2.2", False),
-])
+@pytest.mark.parametrize(
+    "host, loopback",
+    [
+        ("127.0.0.1", True),
+        ("127.0.0.3", True),
+        ("::1", True),
+        ("::ffff:127.0.0.1", True),
+        ("localhost", True),
+        ("0.0.0.0", False),
+        ("", False),
+        ("::", False),
+        ("192.0.2.2", False),
+    ],
+)
 def test_is_loopback(host, loopback):
     assert is_loopback(host) is loopback
 
@@ -171,10 +240,19 @@ def _task_addresses_on_every_node() -> list[str]:
     def where() -> str:
         return ray.util.get_node_ip_address()
 
-    # One task pinned to each node (SPREAD may skip a node whose first worker is still starting).
+    # One task pinned to each node (SPREAD may skip a node whose first worker is still
+    # starting).
     nodes = [node["NodeID"] for node in ray.nodes() if node["Alive"]]
-    return sorted(ray.get([where.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote()
-                           for node in nodes]))
+    return sorted(
+        ray.get(
+            [
+                where.options(
+                    scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)
+                ).remote()
+                for node in nodes
+            ]
+        )
+    )
 
 
 def test_an_isolated_cluster_has_distinct_addresses_and_only_loopback(no_leftovers):
@@ -195,7 +273,12 @@ def test_an_isolated_run_reports_the_failure(no_leftovers):
 
 
 def test_code_lines_skip_blanks_and_comments():
-    assert code_lines("import ray\n\n# a comment\n    # indented comment\nx = 1  # counted\n") == 2
+    assert (
+        code_lines(
+            "import ray\n\n# a comment\n    # indented comment\nx = 1  # counted\n"
+        )
+        == 2
+    )
 
 
 def test_integration_lines_count_only_tagged_cells(tmp_path):
@@ -213,10 +296,14 @@ def test_integration_lines_count_only_tagged_cells(tmp_path):
 
 
 def test_code_lines_leave_out_docstrings():
-    source = ('"""A module."""\n\n\nclass A:\n    """Two\n    lines."""\n\n'
-              '    def f(self):\n        """One."""\n        return 1\n')
+    source = (
+        '"""A module."""\n\n\nclass A:\n    """Two\n    lines."""\n\n'
+        '    def f(self):\n        """One."""\n        return 1\n'
+    )
     assert code_lines(source) == 3  # class, def, return
-    assert code_lines("%time x = 1\ny = 2\n") == 2  # not plain Python: every line counts
+    assert (
+        code_lines("%time x = 1\ny = 2\n") == 2
+    )  # not plain Python: every line counts
 
 
 def test_package_lines_of_a_module_and_a_package():
@@ -227,64 +314,120 @@ def test_package_lines_of_a_module_and_a_package():
 
 def test_a_package_is_counted_without_its_tests_and_examples(tmp_path, monkeypatch):
     package = tmp_path / "library_on_ray"
-    for path in ("__init__.py", "core.py", "tests/test_core.py", "examples/demo.py", "test_more.py"):
+    for path in (
+        "__init__.py",
+        "core.py",
+        "tests/test_core.py",
+        "examples/demo.py",
+        "test_more.py",
+    ):
         (package / path).parent.mkdir(parents=True, exist_ok=True)
         (package / path).write_text("x = 1\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    assert [path.name for path in package_files("library_on_ray")] == ["__init__.py", "core.py"]
+    assert [path.name for path in package_files("library_on_ray")] == [
+        "__init__.py",
+        "core.py",
+    ]
     assert package_lines("library_on_ray") == 2
 
 
-@pytest.mark.parametrize(("source", "features"), [
-    ("@ray.remote\ndef f(): ...", ["tasks"]),
-    ("@ray.remote(num_cpus=0)\nclass Keeper: ...", ["actors"]),
-    ("Worker = ray.remote(num_cpus=1)(Trainer)\nstep = ray.remote(train_step)", ["tasks", "actors"]),
-    ("group = placement_group([{'CPU': 1}] * 2)", ["placement groups"]),
-    ("ref = ray.put(table)", ["object store"]),
-    ("collective.create_collective_group(members, backend='torch_gloo')", ["collective groups"]),
-    ("@ray.method(tensor_transport='gloo')\ndef make(self): ...", ["direct transport"]),
-    ("graph = node.experimental_compile()", ["compiled graphs"]),
-    ("ray.init()\nray.get(handle.call.remote())", []),
-])
+@pytest.mark.parametrize(
+    ("source", "features"),
+    [
+        ("@ray.remote\ndef f(): ...", ["tasks"]),
+        ("@ray.remote(num_cpus=0)\nclass Keeper: ...", ["actors"]),
+        (
+            "Worker = ray.remote(num_cpus=1)(Trainer)\nstep = ray.remote(train_step)",
+            ["tasks", "actors"],
+        ),
+        ("group = placement_group([{'CPU': 1}] * 2)", ["placement groups"]),
+        ("ref = ray.put(table)", ["object store"]),
+        (
+            "collective.create_collective_group(members, backend='torch_gloo')",
+            ["collective groups"],
+        ),
+        (
+            "@ray.method(tensor_transport='gloo')\ndef make(self): ...",
+            ["direct transport"],
+        ),
+        ("graph = node.experimental_compile()", ["compiled graphs"]),
+        ("ray.init()\nray.get(handle.call.remote())", []),
+    ],
+)
 def test_ray_features_are_found_by_api_name(source, features):
     assert ray_features(source) == features
 
 
 def test_the_ledger_lists_the_toc_notebooks_in_order(tmp_path):
     toc = tmp_path / "_toc.yml"
-    toc.write_text("root: book/intro\nparts:\n  - chapters:\n      - file: book/level1\n"
-                   "      - file: notebooks/10_a\n      - file: notebooks/20_b.ipynb\n")
-    assert toc_notebooks(toc) == [tmp_path / "notebooks/10_a.ipynb", tmp_path / "notebooks/20_b.ipynb"]
+    toc.write_text(
+        "root: book/intro\nparts:\n  - chapters:\n      - file: book/level1\n"
+        "      - file: notebooks/10_a\n      - file: notebooks/20_b.ipynb\n"
+    )
+    assert toc_notebooks(toc) == [
+        tmp_path / "notebooks/10_a.ipynb",
+        tmp_path / "notebooks/20_b.ipynb",
+    ]
 
 
 def test_a_ledger_chapter_shows_measurements_claims_and_machine():
     records = [
-        {"kind": "machine", "cpus": 2, "memory_gib": 23.5, "gpus": 0.0, "ray_version": "2.60.0",
-         "cluster": "started here, 3 nodes"},
-        {"kind": "measurement", "name": "ray.put", "value": 2.5, "unit": "GB/s", "note": "",
-         "compared_to": "memcpy"},
+        {
+            "kind": "machine",
+            "cpus": 2,
+            "memory_gib": 23.5,
+            "gpus": 0.0,
+            "ray_version": "2.60.0",
+            "cluster": "started here, 3 nodes",
+        },
+        {
+            "kind": "measurement",
+            "name": "ray.put",
+            "value": 2.5,
+            "unit": "GB/s",
+            "note": "",
+            "compared_to": "memcpy",
+        },
         {"kind": "claim", "name": "fast", "holds": True, "detail": "2.5 GB/s"},
     ]
     records.append({"kind": "not checked", "name": "gpu", "because": "no GPU here"})
-    declared = {"fast": {"fails_if": "slow", "negative_control": "test_slow"}, "gpu": {"fails_if": "no gpu"}}
+    declared = {
+        "fast": {"fails_if": "slow", "negative_control": "test_slow"},
+        "gpu": {"fails_if": "no gpu"},
+    }
     chapter = Chapter(Path("n.ipynb"), "N", None, records, declared)
-    assert chapter.machine() == "2 CPUs, 23.5 GiB, no GPU, Ray 2.60.0; cluster started here, 3 nodes"
+    assert (
+        chapter.machine()
+        == "2 CPUs, 23.5 GiB, no GPU, Ray 2.60.0; cluster started here, 3 nodes"
+    )
     table = chapter.table()
     assert table["result"].tolist() == ["2.5 GB/s", "holds", "not checked here"]
     assert table["compared to, or fails if"].tolist() == [
-        "memcpy", "fails if slow (negative control: test_slow)", "fails if no gpu"]
+        "memcpy",
+        "fails if slow (negative control: test_slow)",
+        "fails if no gpu",
+    ]
     assert table["detail"].tolist()[-1] == "no GPU here"
     assert (chapter.result("fast"), chapter.result("gpu"), chapter.result("other")) == (
-        "holds", "not checked here", "not run")
+        "holds",
+        "not checked here",
+        "not run",
+    )
     without = Chapter(Path("m.ipynb"), "M", None, [], {"gpu": {"fails_if": "no gpu"}})
     central = central_claims([chapter, without])
-    assert central.values.tolist() == [["N", "fast", "slow", "test_slow", "holds"],
-                                       ["M", "none named yet", "", "", ""]]
+    assert central.values.tolist() == [
+        ["N", "fast", "slow", "test_slow", "holds"],
+        ["M", "none named yet", "", "", ""],
+    ]
 
 
 def test_figure_sets_title_and_labels():
     ax = helpers.figure("Title", "size (MB)", "time (ms)", logx=True)
-    assert (ax.get_title(), ax.get_xlabel(), ax.get_ylabel()) == ("Title", "size (MB)", "time (ms)")
+    assert (ax.get_title(), ax.get_xlabel(), ax.get_ylabel()) == (
+        "Title",
+        "size (MB)",
+        "time (ms)",
+    )
     assert ax.get_xscale() == "log"
     with pytest.raises(ValueError, match="title"):
         helpers.figure("", "x", "y")
@@ -306,12 +449,15 @@ def test_cuda_gpu_count_is_a_count():
 
 
 def test_gpus_are_counted_as_ray_counts_them_without_torch(monkeypatch):
-    # NVML's count, capped by CUDA_VISIBLE_DEVICES, and the skip reason says which it was.
+    # NVML's count, capped by CUDA_VISIBLE_DEVICES, and the skip reason says which it
+    # was.
     monkeypatch.setattr(gpu, "_nvml_count", lambda: gpu.GpuCount(2, "NVML"))
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     assert gpu.visible_gpus() == gpu.GpuCount(2, "NVML")
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
-    assert gpu.visible_gpus().count == 1 and "CUDA_VISIBLE_DEVICES='1'" in str(gpu.visible_gpus())
+    assert gpu.visible_gpus().count == 1 and "CUDA_VISIBLE_DEVICES='1'" in str(
+        gpu.visible_gpus()
+    )
     for hidden in ("", "NoDevFiles"):
         monkeypatch.setenv("CUDA_VISIBLE_DEVICES", hidden)
         assert gpu.visible_gpus().count == 0
@@ -323,8 +469,11 @@ def test_gpus_are_counted_as_ray_counts_them_without_torch(monkeypatch):
 
 def small_notebook(path, *cells):
     notebook = nbformat.v4.new_notebook()
-    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
-                                       "language": "python"}
+    notebook.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
     parameters = nbformat.v4.new_code_cell("size = 1\nray_address = None")
     parameters.metadata["tags"] = ["parameters"]
     notebook.cells = [parameters, *(nbformat.v4.new_code_cell(c) for c in cells)]
@@ -335,31 +484,45 @@ def small_notebook(path, *cells):
 def test_an_unknown_parameter_is_an_error_before_anything_runs(tmp_path):
     notebook = small_notebook(tmp_path / "nb.ipynb", "print(size)")
     assert declared_parameters(notebook) == {"size": "1", "ray_address": "None"}
-    with pytest.raises(UnknownParameter, match=r"no parameter 'sise'; it takes: ray_address, size"):
+    with pytest.raises(
+        UnknownParameter, match=r"no parameter 'sise'; it takes: ray_address, size"
+    ):
         execute(notebook, tmp_path / "out.ipynb", {"sise": 2})
     assert not (tmp_path / "out.ipynb").exists()
 
 
 def test_a_missing_kernel_is_an_error_that_says_what_to_do(tmp_path):
     notebook = nbformat.v4.new_notebook()
-    notebook.metadata["kernelspec"] = {"name": "no-such-kernel-here", "display_name": "x", "language": "python"}
+    notebook.metadata["kernelspec"] = {
+        "name": "no-such-kernel-here",
+        "display_name": "x",
+        "language": "python",
+    }
     notebook.cells = [nbformat.v4.new_code_cell("x = 1")]
     path = tmp_path / "n.ipynb"
     nbformat.write(notebook, path)
-    with pytest.raises(MissingKernel, match="'no-such-kernel-here' is not installed.*make test"):
+    with pytest.raises(
+        MissingKernel, match="'no-such-kernel-here' is not installed.*make test"
+    ):
         execute(path, tmp_path / "out.ipynb")
 
 
 def test_a_failing_cell_is_named(tmp_path):
     notebook = small_notebook(tmp_path / "nb.ipynb", "x = 1", "raise KeyError('boom')")
-    with pytest.raises(NotebookFailed, match=r"nb.ipynb, cell 4 \(.raise KeyError.*out.ipynb\): KeyError: 'boom'"):
+    with pytest.raises(
+        NotebookFailed,
+        match=r"nb.ipynb, cell 4 \(.raise KeyError.*out.ipynb\): KeyError: 'boom'",
+    ):
         execute(notebook, tmp_path / "out.ipynb", {"size": 2})
 
 
 def test_records_come_back_from_an_executed_notebook(tmp_path):
     notebook = small_notebook(
         tmp_path / "nb.ipynb",
-        "import helpers\nhelpers.measure('size', size, 'items')\nhelpers.claim('ok', True, 'yes')")
+        "import helpers\n"
+        "helpers.measure('size', size, 'items')\n"
+        "helpers.claim('ok', True, 'yes')",
+    )
     result = execute(notebook, tmp_path / "out.ipynb", {"size": 7})
     assert [m["value"] for m in result.measurements] == [7.0]
     assert [c["name"] for c in result.claims] == ["ok"]
@@ -369,7 +532,8 @@ def test_a_failing_cell_stops_the_cluster_it_started(tmp_path, no_leftovers):
     notebook = small_notebook(
         tmp_path / "nb.ipynb",
         "import helpers\ncluster = helpers.start_or_join(ray_address, worker_nodes=1)",
-        "raise RuntimeError('the cell failed')")
+        "raise RuntimeError('the cell failed')",
+    )
     with pytest.raises(NotebookFailed, match="the cell failed"):
         execute(notebook, tmp_path / "out.ipynb")
     # no_leftovers checks that the kernel's exit took the cluster with it.
@@ -377,7 +541,9 @@ def test_a_failing_cell_stops_the_cluster_it_started(tmp_path, no_leftovers):
 
 def test_the_command_line_refuses_an_unknown_parameter(tmp_path, capsys):
     notebook = small_notebook(tmp_path / "nb.ipynb", "print(size)")
-    assert main([str(notebook), "-o", str(tmp_path / "out.ipynb"), "-p", "sise", "2"]) == 1
+    assert (
+        main([str(notebook), "-o", str(tmp_path / "out.ipynb"), "-p", "sise", "2"]) == 1
+    )
     assert "no parameter 'sise'" in capsys.readouterr().err
 
 
@@ -389,14 +555,20 @@ def test_the_book_renders_records_by_their_text_line():
     assert ("*", results.MIME_TYPE, None) in RecordRenderer.mime_priority_overrides
 
 
-@pytest.mark.parametrize("remote, url", [
-    ("https://github.com/org/book.git\n", "https://github.com/org/book"),
-    ("https://x-access-token:secret@github.com/org/book", "https://github.com/org/book"),
-    ("git@gitlab.com:org/book.git", "https://gitlab.com/org/book"),
-    ("ssh://git@github.com/org/my.book.git", "https://github.com/org/my.book"),
-    ("/work/main", None),
-    ("https://git.example.org/org/book.git", None),
-    ("", None),
-])
+@pytest.mark.parametrize(
+    "remote, url",
+    [
+        ("https://github.com/org/book.git\n", "https://github.com/org/book"),
+        (
+            "https://x-access-token:secret@github.com/org/book",
+            "https://github.com/org/book",
+        ),
+        ("git@gitlab.com:org/book.git", "https://gitlab.com/org/book"),
+        ("ssh://git@github.com/org/my.book.git", "https://github.com/org/my.book"),
+        ("/work/main", None),
+        ("https://git.example.org/org/book.git", None),
+        ("", None),
+    ],
+)
 def test_launch_buttons_need_a_github_or_gitlab_remote(remote, url):
     assert public_repository_url(remote) == url

@@ -1,6 +1,6 @@
-"""The socket sampler sees what it must: a wildcard listener in a child, and one in a child's own
-network namespace, which psutil, reading this process's namespace, would miss, and which no other
-machine can reach."""
+"""The socket sampler sees what it must: a wildcard listener in a child, and one in a
+child's own network namespace, which psutil, reading this process's namespace, would
+miss, and which no other machine can reach."""
 
 from __future__ import annotations
 
@@ -23,8 +23,12 @@ SERVE_ON_A_WILDCARD = (
 
 @contextmanager
 def listening_child(prefix: list[str]):
-    child = subprocess.Popen([*prefix, sys.executable, "-c", SERVE_ON_A_WILDCARD],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        [*prefix, sys.executable, "-c", SERVE_ON_A_WILDCARD],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         yield child, int(child.stdout.readline())
     finally:
@@ -41,7 +45,9 @@ def test_a_child_listening_on_every_interface_is_reported():
     with listening_child([]) as (child, port):
         sampler = ListenerSampler()
         sampler.sample()
-    assert any((s.pid, s.ip, s.port) == (child.pid, "0.0.0.0", port) for s in sampler.seen)
+    assert any(
+        (s.pid, s.ip, s.port) == (child.pid, "0.0.0.0", port) for s in sampler.seen
+    )
     assert any(f"0.0.0.0:{port} " in line for line in sampler.reachable)
 
 
@@ -50,7 +56,10 @@ def test_a_listener_in_another_network_namespace_is_seen():
     if reason:
         pytest.skip(f"no network namespaces here: {reason}")
     # unshare execs the command, so the child's pid is the listener's.
-    with listening_child(["unshare", "--user", "--map-root-user", "--net"]) as (child, port):
+    with listening_child(["unshare", "--user", "--map-root-user", "--net"]) as (
+        child,
+        port,
+    ):
         sampler = ListenerSampler()
         sampler.sample()
     seen = [s for s in sampler.seen if (s.pid, s.port) == (child.pid, port)]

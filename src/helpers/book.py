@@ -42,7 +42,9 @@ from helpers.results import MIME_TYPE
 class RecordRenderer:
     """A myst-nb MIME renderer plugin for :data:`helpers.results.MIME_TYPE`."""
 
-    mime_priority_overrides: ClassVar[list[tuple[str, str, None]]] = [("*", MIME_TYPE, None)]
+    mime_priority_overrides: ClassVar[list[tuple[str, str, None]]] = [
+        ("*", MIME_TYPE, None)
+    ]
 
     @staticmethod
     def handle_mime(renderer: Any, data: Any, inline: bool) -> list | None:
@@ -63,7 +65,9 @@ def setup(app: Any) -> dict[str, Any]:
     return {"parallel_read_safe": False, "parallel_write_safe": True}
 
 
-def _ledger_is_always_outdated(app: Any, env: Any, added: set, changed: set, removed: set) -> list[str]:
+def _ledger_is_always_outdated(
+    app: Any, env: Any, added: set, changed: set, removed: set
+) -> list[str]:
     return [LEDGER] if LEDGER in env.found_docs else []
 
 
@@ -73,18 +77,25 @@ def _read_ledger_last(app: Any, env: Any, docnames: list[str]) -> None:
         docnames.append(LEDGER)
 
 
-def _each_script_once(app: Any, pagename: str, templatename: str, context: dict, doctree: Any) -> None:
+def _each_script_once(
+    app: Any, pagename: str, templatename: str, context: dict, doctree: Any
+) -> None:
     # The two copies differ only in how they name "no file": None and "".
     seen, unique = set(), []
     for script in context.get("script_files", []):
-        key = (script.filename or "", script.priority, tuple(sorted(script.attributes.items())))
+        key = (
+            script.filename or "",
+            script.priority,
+            tuple(sorted(script.attributes.items())),
+        )
         if key not in seen:
             seen.add(key)
             unique.append(script)
     context["script_files"] = unique
 
 
-# https://github.com/org/repo.git, git@gitlab.com:org/repo, ssh://git@github.com/org/repo: the host, org and repo.
+# https://github.com/org/repo.git, git@gitlab.com:org/repo,
+# ssh://git@github.com/org/repo: the host, org and repo.
 _PUBLIC_REMOTE = re.compile(
     r"^(?:https://(?:[^@/]+@)?|ssh://git@|git@)(?P<host>github\.com|gitlab\.com)[:/]"
     r"(?P<org>[\w.-]+)/(?P<repo>[\w.-]+?)(?:\.git)?/?$"
@@ -92,13 +103,19 @@ _PUBLIC_REMOTE = re.compile(
 
 
 def public_repository_url(remote: str) -> str | None:
-    """The https URL of a GitHub or GitLab remote, without credentials; None for any other remote."""
+    """The https URL of a GitHub or GitLab remote, without credentials; None for any
+    other remote."""
     found = _PUBLIC_REMOTE.match(remote.strip())
     return f"https://{found['host']}/{found['org']}/{found['repo']}" if found else None
 
 
 def _origin(folder: str | Path) -> str:
-    git = subprocess.run(["git", "remote", "get-url", "origin"], cwd=folder, capture_output=True, text=True)
+    git = subprocess.run(
+        ["git", "remote", "get-url", "origin"],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+    )
     return git.stdout if git.returncode == 0 else ""
 
 
@@ -110,7 +127,8 @@ def _launch_from_origin(app: Any, config: Any) -> None:
     if url:
         options["repository_url"] = url
     else:
-        # The theme cannot build a Binder or Colab link without a repository; the download button stays.
+        # The theme cannot build a Binder or Colab link without a repository; the
+        # download button stays.
         options["launch_buttons"] = {}
 
 
@@ -123,7 +141,9 @@ def inputs_digest(root: Path) -> str:
     digest = hashlib.sha256()
     for pattern in EXECUTION_INPUTS:
         for path in sorted(root.glob(pattern)):
-            digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+            digest.update(
+                str(path.relative_to(root)).encode() + b"\0" + path.read_bytes()
+            )
     return digest.hexdigest()
 
 

@@ -1,4 +1,5 @@
-"""A Ray cluster of simulated machines: nodes that share nothing but a network and one folder.
+"""A Ray cluster of simulated machines: nodes that share nothing but a network and one
+folder.
 
 Every node of :func:`helpers.start_or_join`'s local cluster sees the same
 ``/tmp``, ``/dev/shm`` and working directory, so a chapter that writes a file
@@ -20,9 +21,11 @@ root needed): nothing outside can reach its addresses, and when the
 namespace's first process dies, the kernel ends every process in it, also if
 the test run that started it is killed.
 
-    with SimulatedCluster("/var/tmp/shared") as machines:  # not under /tmp: each node has its own
+    # not under /tmp: each node has its own
+    with SimulatedCluster("/var/tmp/shared") as machines:
         machines.run([sys.executable, "-m", "helpers.run", "notebooks/33_modin.ipynb",
-                      "-p", "ray_address", machines.address, "-p", "storage_path", "/var/tmp/shared"])
+                      "-p", "ray_address", machines.address,
+                      "-p", "storage_path", "/var/tmp/shared"])
 
 The tests run every notebook this way. Run as ``python -m helpers.machines
 SPEC``, this module is the namespace's first process (see :func:`_supervise`).
@@ -48,32 +51,52 @@ from typing import Any
 HEAD_ADDRESS = "127.0.0.1"
 GCS_PORT = 6379
 DASHBOARD_PORT = 8265
-NAMESPACES = ["unshare", "--user", "--map-root-user", "--net", "--pid", "--fork", "--kill-child",
-              "--mount-proc"]
-# A folder under these would be hidden on the worker nodes by their own /tmp and /dev/shm.
+NAMESPACES = [
+    "unshare",
+    "--user",
+    "--map-root-user",
+    "--net",
+    "--pid",
+    "--fork",
+    "--kill-child",
+    "--mount-proc",
+]
+# A folder under these would be hidden on the worker nodes by their own /tmp and
+# /dev/shm.
 PRIVATE_TO_EACH_NODE = ("/tmp", "/dev/shm")
 
 
 @dataclass(frozen=True)
 class MachinesSpec:
-    """The cluster's shape: a head of ``head_cpus`` CPUs and one worker node per entry of ``worker_cpus``."""
+    """The cluster's shape: a head of ``head_cpus`` CPUs and one worker node per entry
+    of ``worker_cpus``."""
 
     storage: str
     head_cpus: int = 2
     worker_cpus: tuple[int, ...] = (1, 1)
     object_store_mb: int = 200
     dashboard: bool = True
-    environment: dict[str, str] = field(default_factory=dict)  # for every node: the token, say
+    environment: dict[str, str] = field(
+        default_factory=dict
+    )  # for every node: the token, say
 
     def __post_init__(self) -> None:
         storage = os.path.realpath(self.storage)
         if hidden_on_the_nodes(storage):
-            raise ValueError(f"The shared storage folder {self.storage!r} lies under "
-                             f"{' or '.join(PRIVATE_TO_EACH_NODE)}, which each node has of its own. "
-                             "Choose a folder elsewhere, e.g. under /var/tmp.")
+            raise ValueError(
+                f"The shared storage folder {self.storage!r} lies under "
+                f"{' or '.join(PRIVATE_TO_EACH_NODE)}, which each node has of its own. "
+                "Choose a folder elsewhere, e.g. under /var/tmp."
+            )
         if not os.path.isdir(storage):
-            raise ValueError(f"The shared storage folder {self.storage!r} does not exist.")
-        if self.head_cpus < 1 or any(c < 1 for c in self.worker_cpus) or self.object_store_mb < 80:
+            raise ValueError(
+                f"The shared storage folder {self.storage!r} does not exist."
+            )
+        if (
+            self.head_cpus < 1
+            or any(c < 1 for c in self.worker_cpus)
+            or self.object_store_mb < 80
+        ):
             raise ValueError(f"Not a cluster shape: {self}")
 
     @property
@@ -82,9 +105,13 @@ class MachinesSpec:
 
 
 def hidden_on_the_nodes(path: str | Path) -> bool:
-    """Whether a folder lies under one that every node has of its own (/tmp, /dev/shm)."""
+    """Whether a folder lies under one that every node has of its own
+    (/tmp, /dev/shm)."""
     path = os.path.realpath(path)
-    return any(path == private or path.startswith(private + "/") for private in PRIVATE_TO_EACH_NODE)
+    return any(
+        path == private or path.startswith(private + "/")
+        for private in PRIVATE_TO_EACH_NODE
+    )
 
 
 def unavailable_reason() -> str | None:
@@ -101,21 +128,37 @@ def unavailable_reason() -> str | None:
 
 
 class SimulatedCluster:
-    """A head and worker nodes in private namespaces, from :meth:`start` until :meth:`stop`.
+    """A head and worker nodes in private namespaces, from :meth:`start` until
+    :meth:`stop`.
 
     ``address`` is the head's GCS address; commands given to :meth:`run` run
     inside, as a driver on the head node would.
     """
 
-    def __init__(self, storage: str | Path, *, head_cpus: int = 2, worker_cpus: tuple[int, ...] = (1, 1),
-                 object_store_mb: int = 200, dashboard: bool = True,
-                 environment: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        storage: str | Path,
+        *,
+        head_cpus: int = 2,
+        worker_cpus: tuple[int, ...] = (1, 1),
+        object_store_mb: int = 200,
+        dashboard: bool = True,
+        environment: dict[str, str] | None = None,
+    ) -> None:
         # Token authentication always: the given token, or a fresh one for this cluster.
         environment = {"RAY_AUTH_TOKEN": secrets.token_hex(32), **(environment or {})}
-        self.spec = MachinesSpec(str(storage), head_cpus, tuple(worker_cpus), object_store_mb,
-                                 dashboard, environment)
+        self.spec = MachinesSpec(
+            str(storage),
+            head_cpus,
+            tuple(worker_cpus),
+            object_store_mb,
+            dashboard,
+            environment,
+        )
         self._supervisor: subprocess.Popen | None = None
-        self._inside_pid = 0  # the namespaces' first process, as this machine numbers it
+        self._inside_pid = (
+            0  # the namespaces' first process, as this machine numbers it
+        )
         self.address = f"{HEAD_ADDRESS}:{GCS_PORT}"
         self.node_addresses: list[str] = []
         self.start_s = 0.0
@@ -124,39 +167,74 @@ class SimulatedCluster:
         reason = unavailable_reason()
         if reason:
             raise RuntimeError(f"Cannot simulate separate machines here: {reason}.")
-        for needed in (sys.prefix, Path(__file__).parent):  # the nodes run this Python and these helpers
+        for needed in (
+            sys.prefix,
+            Path(__file__).parent,
+        ):  # the nodes run this Python and these helpers
             if hidden_on_the_nodes(needed):
-                raise RuntimeError(f"Cannot simulate separate machines from {needed}: it lies under "
-                                   f"{' or '.join(PRIVATE_TO_EACH_NODE)}, which each node has of its own, "
-                                   "so the nodes would not find it. Clone the book, and make its "
-                                   "environment, elsewhere.")
+                raise RuntimeError(
+                    f"Cannot simulate separate machines from {needed}: it lies under "
+                    f"{' or '.join(PRIVATE_TO_EACH_NODE)}, "
+                    "which each node has of its own, "
+                    "so the nodes would not find it. Clone the book, and make its "
+                    "environment, elsewhere."
+                )
         began = time.perf_counter()
         self._supervisor = subprocess.Popen(
-            [*NAMESPACES, sys.executable, "-m", "helpers.machines", json.dumps(asdict(self.spec))],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=_without_ray_settings(),
-            # Its GCS client logs each retry; what went wrong comes back in its answer instead.
-            stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent,
+            [
+                *NAMESPACES,
+                sys.executable,
+                "-m",
+                "helpers.machines",
+                json.dumps(asdict(self.spec)),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=_without_ray_settings(),
+            # Its GCS client logs each retry; what went wrong comes back in its answer
+            # instead.
+            stderr=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,
         )
         ready = _read_line(self._supervisor, timeout_s)
         if not ready.get("address"):
             self.stop()
-            raise RuntimeError(f"The simulated cluster did not start: {ready.get('error', ready)}")
+            raise RuntimeError(
+                f"The simulated cluster did not start: {ready.get('error', ready)}"
+            )
         self._inside_pid = _only_child(self._supervisor.pid)
         self.node_addresses = ready["nodes"]
         self.start_s = time.perf_counter() - began
         return self
 
     def command(self, args: list[str], cwd: str | Path | None = None) -> list[str]:
-        """``args`` as a command that runs inside, on the head node, in ``cwd`` (default: ours)."""
-        return ["nsenter", "--target", str(self._inside_pid), "--user", "--net", "--mount", "--pid",
-                f"--wd={cwd or os.getcwd()}", "--", *args]
+        """``args`` as a command that runs inside, on the head node, in ``cwd``
+        (default: ours)."""
+        return [
+            "nsenter",
+            "--target",
+            str(self._inside_pid),
+            "--user",
+            "--net",
+            "--mount",
+            "--pid",
+            f"--wd={cwd or os.getcwd()}",
+            "--",
+            *args,
+        ]
 
     def driver_environment(self) -> dict[str, str]:
-        """Ours, with the cluster's token instead of our Ray settings: for a driver to run inside."""
-        return {**_without_ray_settings(), "RAY_AUTH_TOKEN": self.spec.environment["RAY_AUTH_TOKEN"]}
+        """Ours, with the cluster's token instead of our Ray settings: for a driver to
+        run inside."""
+        return {
+            **_without_ray_settings(),
+            "RAY_AUTH_TOKEN": self.spec.environment["RAY_AUTH_TOKEN"],
+        }
 
     def run(self, args: list[str], **options: Any) -> subprocess.CompletedProcess:
-        """Run a command inside (see :meth:`command`), by default with :meth:`driver_environment`.
+        """Run a command inside (see :meth:`command`), by default with
+        :meth:`driver_environment`.
 
         ``options`` are :func:`subprocess.run`'s.
         """
@@ -170,18 +248,23 @@ class SimulatedCluster:
         if self._supervisor is None:
             return set()
         try:
-            return {p.pid for p in psutil.Process(self._supervisor.pid).children(recursive=True)}
+            return {
+                p.pid
+                for p in psutil.Process(self._supervisor.pid).children(recursive=True)
+            }
         except psutil.NoSuchProcess:
             return set()
 
     def status(self) -> dict[str, Any]:
-        """What the cluster holds now: live nodes, and resources, actors and placement groups in use."""
+        """What the cluster holds now: live nodes, and resources, actors and placement
+        groups in use."""
         self._supervisor.stdin.write("status\n")
         self._supervisor.stdin.flush()
         return _read_line(self._supervisor, 30)
 
     def wait_until_idle(self, timeout_s: float = 30) -> dict[str, Any]:
-        """Wait for every resource to be free again, and return the last status (idle or not)."""
+        """Wait for every resource to be free again, and return the last status (idle or
+        not)."""
         deadline = time.monotonic() + timeout_s
         while True:
             now = self.status()
@@ -230,7 +313,9 @@ def _only_child(pid: int) -> int:
 
     children = psutil.Process(pid).children()
     if len(children) != 1:
-        raise RuntimeError(f"expected one process inside the namespaces, found {children}")
+        raise RuntimeError(
+            f"expected one process inside the namespaces, found {children}"
+        )
     return children[0].pid
 
 
@@ -243,13 +328,17 @@ def _read_line(process: subprocess.Popen, timeout_s: float) -> dict[str, Any]:
         if not selector.select(timeout_s):
             return {"error": f"no answer in {timeout_s:.0f} s"}
     line = process.stdout.readline()
-    return json.loads(line) if line.strip() else {"error": f"it exited (code {process.poll()})"}
+    return (
+        json.loads(line)
+        if line.strip()
+        else {"error": f"it exited (code {process.poll()})"}
+    )
 
 
-# Inside the namespaces ----------------------------------------------------------------------
+# Inside the namespaces ----------------------------------------------------------------
 
-# A worker node's own machine: a private /tmp, /dev/shm and home, the shared folder writable,
-# everything else read-only; then the Ray node, in its own working directory.
+# A worker node's own machine: a private /tmp, /dev/shm and home, the shared folder
+# writable, everything else read-only; then the Ray node, in its own working directory.
 NODE_SCRIPT = """set -e
 mount -t tmpfs node-tmp /tmp
 mount -t tmpfs node-shm /dev/shm
@@ -262,60 +351,116 @@ exec "$@"
 
 
 def _ray_start(*options: str) -> list[str]:
-    return [str(Path(sys.executable).parent / "ray"), "start", "--block", "--disable-usage-stats",
-            *options]
+    return [
+        str(Path(sys.executable).parent / "ray"),
+        "start",
+        "--block",
+        "--disable-usage-stats",
+        *options,
+    ]
 
 
 def _start_nodes(spec: MachinesSpec) -> list[subprocess.Popen]:
-    """Start the head, then every worker node side by side; return their ``ray start`` processes."""
+    """Start the head, then every worker node side by side; return their ``ray start``
+    processes."""
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
-    # The head's /dev/shm and Ray folder are its own too; the driver shares them, as on a head node.
+    # The head's /dev/shm and Ray folder are its own too; the driver shares them, as on
+    # a head node.
     subprocess.run(["mount", "-t", "tmpfs", "head-shm", "/dev/shm"], check=True)
     environment = {**os.environ, **spec.environment, "RAY_AUTH_MODE": "token"}
     store = f"--object-store-memory={spec.object_store_mb * 2**20}"
-    head = subprocess.Popen(_ray_start(
-        "--head", f"--node-ip-address={HEAD_ADDRESS}", f"--port={GCS_PORT}", f"--num-cpus={spec.head_cpus}",
-        "--num-gpus=0", store, "--temp-dir=/dev/shm/ray", f"--include-dashboard={spec.dashboard}",
-        f"--dashboard-host={HEAD_ADDRESS}", f"--dashboard-port={DASHBOARD_PORT}",
-    ), env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    head = subprocess.Popen(
+        _ray_start(
+            "--head",
+            f"--node-ip-address={HEAD_ADDRESS}",
+            f"--port={GCS_PORT}",
+            f"--num-cpus={spec.head_cpus}",
+            "--num-gpus=0",
+            store,
+            "--temp-dir=/dev/shm/ray",
+            f"--include-dashboard={spec.dashboard}",
+            f"--dashboard-host={HEAD_ADDRESS}",
+            f"--dashboard-port={DASHBOARD_PORT}",
+        ),
+        env=environment,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     # Worker nodes wait for the head's GCS themselves: start them all at once.
-    node_environment = {**environment, "STORAGE": os.path.realpath(spec.storage), "HOME": "/tmp/home"}
+    node_environment = {
+        **environment,
+        "STORAGE": os.path.realpath(spec.storage),
+        "HOME": "/tmp/home",
+    }
     workers = [
         subprocess.Popen(
-            ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", NODE_SCRIPT, "node",
-             *_ray_start(f"--address={HEAD_ADDRESS}:{GCS_PORT}", f"--node-ip-address={address}",
-                         f"--num-cpus={cpus}", "--num-gpus=0", store)],
-            env=node_environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "--",
+                "sh",
+                "-c",
+                NODE_SCRIPT,
+                "node",
+                *_ray_start(
+                    f"--address={HEAD_ADDRESS}:{GCS_PORT}",
+                    f"--node-ip-address={address}",
+                    f"--num-cpus={cpus}",
+                    "--num-gpus=0",
+                    store,
+                ),
+            ],
+            env=node_environment,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         for address, cpus in zip(spec.worker_addresses, spec.worker_cpus, strict=True)
     ]
     _wait_for_nodes(1 + len(workers), head, *workers)
     return [head, *workers]
 
 
-# Detached actors that Ray Data creates once per cluster (Ray 2.60, under ray/data/_internal/):
-# its statistics (stats.py), actor locations (execution/node_trackers/actor_location.py), the
-# autoscaling coordinator (cluster_autoscaler/) and its usage collector (usage/actor.py).
-RAY_SINGLETONS = {"_StatsActor", "ActorLocationTracker", "_AutoscalingCoordinatorActor",
-                  "_UsageCollectionActor"}
+# Detached actors that Ray Data creates once per cluster (Ray 2.60, under
+# ray/data/_internal/): its statistics (stats.py), actor locations
+# (execution/node_trackers/actor_location.py), the autoscaling coordinator
+# (cluster_autoscaler/) and its usage collector (usage/actor.py).
+RAY_SINGLETONS = {
+    "_StatsActor",
+    "ActorLocationTracker",
+    "_AutoscalingCoordinatorActor",
+    "_UsageCollectionActor",
+}
 
 _state = None
 
 
 def _global_state():
-    """Ray's own view of the cluster (private: the public state API needs the dashboard)."""
+    """Ray's own view of the cluster (private: the public state API needs the
+    dashboard)."""
     global _state
     if _state is None:
         from helpers.cluster import _reload_ray_settings
         from helpers.internals import GcsClientOptions, GlobalState
 
-        _reload_ray_settings()  # Ray reads its token from the environment once: read it again
+        # Ray reads its token from the environment once: read it again
+        _reload_ray_settings()
         _state = GlobalState()
-        _state._initialize_global_state(GcsClientOptions.create(
-            f"{HEAD_ADDRESS}:{GCS_PORT}", None, allow_cluster_id_nil=True, fetch_cluster_id_if_nil=False))
+        _state._initialize_global_state(
+            GcsClientOptions.create(
+                f"{HEAD_ADDRESS}:{GCS_PORT}",
+                None,
+                allow_cluster_id_nil=True,
+                fetch_cluster_id_if_nil=False,
+            )
+        )
     return _state
 
 
-def _wait_for_nodes(count: int, *starters: subprocess.Popen, timeout_s: float = 60) -> None:
+def _wait_for_nodes(
+    count: int, *starters: subprocess.Popen, timeout_s: float = 60
+) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         exited = [p.args for p in starters if p.poll() is not None]
@@ -342,33 +487,52 @@ def _live_nodes() -> list[dict]:
 def _status() -> dict[str, Any]:
     state = _global_state()
     total, available = state.cluster_resources(), state.available_resources()
-    in_use = {k: total[k] - available.get(k, 0.0) for k in total
-              if k in ("CPU", "GPU") and total[k] - available.get(k, 0.0) > 1e-9}
+    in_use = {
+        k: total[k] - available.get(k, 0.0)
+        for k in total
+        if k in ("CPU", "GPU") and total[k] - available.get(k, 0.0) > 1e-9
+    }
     alive = [a for a in state.actor_table(None).values() if a["State"] == "ALIVE"]
-    # Ray's libraries keep these detached actors for the cluster's life, on any cluster; they hold
-    # no CPU. Anything else alive was left behind.
-    actors = [a for a in alive if not (a["IsDetached"] and a["ActorClassName"] in RAY_SINGLETONS)]
-    groups = [g for g in state.placement_group_table().values() if g["state"] != "REMOVED"]
+    # Ray's libraries keep these detached actors for the cluster's life, on any cluster;
+    # they hold no CPU. Anything else alive was left behind.
+    actors = [
+        a
+        for a in alive
+        if not (a["IsDetached"] and a["ActorClassName"] in RAY_SINGLETONS)
+    ]
+    groups = [
+        g for g in state.placement_group_table().values() if g["state"] != "REMOVED"
+    ]
     return {
         "nodes": sorted(n["NodeManagerAddress"] for n in _live_nodes()),
         "in_use": in_use,
-        "actors": sorted(f"{a['ActorClassName']} ({a['Name'] or 'unnamed'})" for a in actors),
+        "actors": sorted(
+            f"{a['ActorClassName']} ({a['Name'] or 'unnamed'})" for a in actors
+        ),
         "ray_singletons": sorted(a["ActorClassName"] for a in alive if a not in actors),
-        "placement_groups": sorted(f"{g['name'] or g['placement_group_id'][:8]} ({g['state']})"
-                                   for g in groups),
+        "placement_groups": sorted(
+            f"{g['name'] or g['placement_group_id'][:8]} ({g['state']})" for g in groups
+        ),
         "idle": not in_use and not actors and not groups,
     }
 
 
 def _supervise(spec: MachinesSpec) -> None:
-    """The namespaces' first process: start the nodes, answer ``status``, stop at end of input."""
-    os.environ.update(spec.environment, RAY_AUTH_MODE="token")  # our own GCS client's token too
+    """The namespaces' first process: start the nodes, answer ``status``, stop at end of
+    input."""
+    os.environ.update(
+        spec.environment, RAY_AUTH_MODE="token"
+    )  # our own GCS client's token too
     starters: list[subprocess.Popen] = []
     try:
         starters = _start_nodes(spec)
         threading.Thread(target=_reap_orphans, args=(starters,), daemon=True).start()
-        _answer({"address": f"{HEAD_ADDRESS}:{GCS_PORT}",
-                 "nodes": sorted(n["NodeManagerAddress"] for n in _live_nodes())})
+        _answer(
+            {
+                "address": f"{HEAD_ADDRESS}:{GCS_PORT}",
+                "nodes": sorted(n["NodeManagerAddress"] for n in _live_nodes()),
+            }
+        )
         for line in sys.stdin:
             if line.strip() == "status":
                 _answer(_status())
@@ -382,11 +546,13 @@ def _supervise(spec: MachinesSpec) -> None:
                 starter.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 pass
-    # Returning ends process 1 of the namespace: the kernel kills whatever is still running.
+    # Returning ends process 1 of the namespace: the kernel kills whatever is still
+    # running.
 
 
 def _reap_orphans(starters: list[subprocess.Popen]) -> None:
-    """As process 1 of the namespace we inherit every orphan: collect those that exit."""
+    """As process 1 of the namespace we inherit every orphan: collect those that
+    exit."""
     import psutil
 
     ours = {p.pid for p in starters}

@@ -36,7 +36,11 @@ def is_loopback(host: str) -> bool:
 def listening_addresses(pid: int | None = None) -> set[tuple[str, int]]:
     """The (ip, port) pairs a process (this one by default) accepts connections on."""
     connections = psutil.Process(pid).net_connections("inet")
-    return {(c.laddr.ip, c.laddr.port) for c in connections if c.status == psutil.CONN_LISTEN}
+    return {
+        (c.laddr.ip, c.laddr.port)
+        for c in connections
+        if c.status == psutil.CONN_LISTEN
+    }
 
 
 def exposed(addresses: set[tuple[str, int]]) -> set[tuple[str, int]]:
@@ -76,30 +80,47 @@ def _addresses_on_this_node(pids: list[int]) -> dict[int, set[tuple[str, int]]]:
     for pid in pids:
         try:
             found[pid] = {(host, port) for _, port in listening_addresses(pid)}
-        except (psutil.NoSuchProcess, psutil.AccessDenied):  # an actor that ended since it was listed
+        except (
+            psutil.NoSuchProcess,
+            psutil.AccessDenied,
+        ):  # an actor that ended since it was listed
             found[pid] = set()
     return found
 
 
-def addresses_of_actors(actors: Iterable[Any]) -> dict[tuple[str, int], set[tuple[str, int]]]:
-    """Where each actor's process accepts connections: its node's address and each port it
-    listens on, by (node ID, pid) (chapter 13).
+def addresses_of_actors(
+    actors: Iterable[Any],
+) -> dict[tuple[str, int], set[tuple[str, int]]]:
+    """Where each actor's process accepts connections: its node's address and each port
+    it listens on, by (node ID, pid) (chapter 13).
 
-    ``actors`` as Ray's state API lists them (``node_id`` and ``pid``). An actor may run on
-    another machine, with pids of its own, so a task on its node looks.
+    ``actors`` as Ray's state API lists them (``node_id`` and ``pid``). An actor may run
+    on another machine, with pids of its own, so a task on its node looks.
     """
     pids_by_node = defaultdict(list)
     for actor in actors:
         pids_by_node[actor.node_id].append(actor.pid)
-    on_its_node = {node: NodeAffinitySchedulingStrategy(node, soft=False) for node in pids_by_node}
-    found = ray.get([_addresses_on_this_node.options(scheduling_strategy=on_its_node[node]).remote(pids)
-                     for node, pids in pids_by_node.items()])
-    return {(node, pid): addresses for node, on_node in zip(pids_by_node, found) for pid, addresses in on_node.items()}
+    on_its_node = {
+        node: NodeAffinitySchedulingStrategy(node, soft=False) for node in pids_by_node
+    }
+    found = ray.get(
+        [
+            _addresses_on_this_node.options(
+                scheduling_strategy=on_its_node[node]
+            ).remote(pids)
+            for node, pids in pids_by_node.items()
+        ]
+    )
+    return {
+        (node, pid): addresses
+        for node, on_node in zip(pids_by_node, found)
+        for pid, addresses in on_node.items()
+    }
 
 
 def spark_executor_addresses(spark: Any) -> list[tuple[str, int]]:
-    """The host and port of each executor Spark's scheduler registered, its driver left out
-    (chapter 13).
+    """The host and port of each executor Spark's scheduler registered, its driver left
+    out (chapter 13).
 
     It is where the executor's block manager serves: Spark's own record of where the
     executor is, whoever started its process.
@@ -108,5 +129,10 @@ def spark_executor_addresses(spark: Any) -> list[tuple[str, int]]:
 
     context = spark_scala_context(spark)
     driver = context.env().blockManager().blockManagerId()
-    executors = [(info.host(), info.port()) for info in context.statusTracker().getExecutorInfos()]
-    return [address for address in executors if address != (driver.host(), driver.port())]
+    executors = [
+        (info.host(), info.port())
+        for info in context.statusTracker().getExecutorInfos()
+    ]
+    return [
+        address for address in executors if address != (driver.host(), driver.port())
+    ]

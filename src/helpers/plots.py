@@ -1,4 +1,5 @@
-"""One plotting style for the whole book: every figure titled, every axis labelled with its unit.
+"""One plotting style for the whole book: every figure titled, every axis labelled with
+its unit.
 
 The style is set in matplotlib's global settings when the first figure is
 made, so that plots a notebook draws by hand look the same.
@@ -21,8 +22,9 @@ STYLE = {
 }
 
 
-def figure(title: str, xlabel: str, ylabel: str, *, logx: bool = False,
-           logy: bool = False) -> Axes:
+def figure(
+    title: str, xlabel: str, ylabel: str, *, logx: bool = False, logy: bool = False
+) -> Axes:
     """A new figure in the book's style, with its title and axis labels set.
 
     Put the unit in each label, e.g. ``"object size (MB)"``.
@@ -31,6 +33,11 @@ def figure(title: str, xlabel: str, ylabel: str, *, logx: bool = False,
         raise ValueError("Every figure needs a title and both axis labels.")
     plt.rcParams.update(STYLE)
     _, ax = plt.subplots()
-    ax.set(title=title, xlabel=xlabel, ylabel=ylabel,
-           xscale="log" if logx else "linear", yscale="log" if logy else "linear")
+    ax.set(
+        title=title,
+        xlabel=xlabel,
+        ylabel=ylabel,
+        xscale="log" if logx else "linear",
+        yscale="log" if logy else "linear",
+    )
     return ax

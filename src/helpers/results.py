@@ -26,7 +26,9 @@ class ClaimFailed(AssertionError):
     """A claim the notebook makes did not hold on this run."""
 
 
-def measure(name: str, value: float, unit: str, *, note: str = "", compared_to: str = "") -> None:
+def measure(
+    name: str, value: float, unit: str, *, note: str = "", compared_to: str = ""
+) -> None:
     """Record a named measurement and show it.
 
     ``compared_to`` names the reference it is set against, where there is one:
@@ -36,18 +38,44 @@ def measure(name: str, value: float, unit: str, *, note: str = "", compared_to: 
     value = float(value)
     if not math.isfinite(value):
         raise ValueError(f"Measurement {name!r} is not a finite number: {value}")
-    text = (f"measured  {name} = {value:.4g} {unit}" + (f"  ({note})" if note else "")
-            + (f"  [against {compared_to}]" if compared_to else ""))
-    _emit({"kind": "measurement", "name": name, "value": value, "unit": unit,
-           "note": note, "compared_to": compared_to}, text)
+    text = (
+        f"measured  {name} = {value:.4g} {unit}"
+        + (f"  ({note})" if note else "")
+        + (f"  [against {compared_to}]" if compared_to else "")
+    )
+    _emit(
+        {
+            "kind": "measurement",
+            "name": name,
+            "value": value,
+            "unit": unit,
+            "note": note,
+            "compared_to": compared_to,
+        },
+        text,
+    )
 
 
-def machine(*, cpus: int, memory_gib: float, gpus: float, ray_version: str, cluster: str) -> None:
-    """Record what the notebook ran on: the machine, and the cluster it started or joined."""
-    text = (f"machine  {cpus} CPUs, {memory_gib:.1f} GiB, Ray {ray_version}; "
-            f"cluster {cluster}, {gpus:g} GPUs")
-    _emit({"kind": "machine", "cpus": cpus, "memory_gib": memory_gib, "gpus": gpus,
-           "ray_version": ray_version, "cluster": cluster}, text)
+def machine(
+    *, cpus: int, memory_gib: float, gpus: float, ray_version: str, cluster: str
+) -> None:
+    """Record what the notebook ran on: the machine, and the cluster it started or
+    joined."""
+    text = (
+        f"machine  {cpus} CPUs, {memory_gib:.1f} GiB, Ray {ray_version}; "
+        f"cluster {cluster}, {gpus:g} GPUs"
+    )
+    _emit(
+        {
+            "kind": "machine",
+            "cpus": cpus,
+            "memory_gib": memory_gib,
+            "gpus": gpus,
+            "ray_version": ray_version,
+            "cluster": cluster,
+        },
+        text,
+    )
 
 
 def claim(name: str, holds: bool, detail: str) -> None:
@@ -59,11 +87,15 @@ def claim(name: str, holds: bool, detail: str) -> None:
     None would hold or fail by its truthiness, not by a comparison.
     """
     if not isinstance(holds, (bool, np.bool_)):
-        raise TypeError(f"claim {name!r}: holds must be a bool, not {type(holds).__name__}; "
-                        "compare explicitly (len(found) > 0, value is not None)")
+        raise TypeError(
+            f"claim {name!r}: holds must be a bool, not {type(holds).__name__}; "
+            "compare explicitly (len(found) > 0, value is not None)"
+        )
     holds = bool(holds)
-    _emit({"kind": "claim", "name": name, "holds": holds, "detail": detail},
-          f"{'claim holds' if holds else 'CLAIM FAILED'}  {name}: {detail}")
+    _emit(
+        {"kind": "claim", "name": name, "holds": holds, "detail": detail},
+        f"{'claim holds' if holds else 'CLAIM FAILED'}  {name}: {detail}",
+    )
     if not holds:
         raise ClaimFailed(f"{name}: {detail}")
 
@@ -72,8 +104,10 @@ def not_checked(name: str, because: str) -> None:
     """Record that a declared claim was not checked on this run, and why."""
     if not because:
         raise ValueError(f"not_checked({name!r}): say why the claim was not checked")
-    _emit({"kind": "not checked", "name": name, "because": because},
-          f"not checked  {name}: {because}")
+    _emit(
+        {"kind": "not checked", "name": name, "because": because},
+        f"not checked  {name}: {because}",
+    )
 
 
 def declared_claims(notebook: dict) -> dict[str, dict[str, str]]:
@@ -83,37 +117,52 @@ def declared_claims(notebook: dict) -> dict[str, dict[str, str]]:
     also names its ``negative_control``, the test that switches the mechanism
     off and sees the claim fail.
     """
-    return notebook.get("metadata", {}).get("ray_library_patterns", {}).get("claims", {})
+    return (
+        notebook.get("metadata", {}).get("ray_library_patterns", {}).get("claims", {})
+    )
 
 
-# What a claim can show about its chapter's level: each answers one of the decision guide's
-# questions (book/choosing.md) with a check, where the chapter's metadata says ``"shows": ...``.
+# What a claim can show about its chapter's level: each answers one of the decision
+# guide's questions (book/choosing.md) with a check, where the chapter's metadata says
+# ``"shows": ...``.
 SHOWS = {
     "data in the store": "the library keeps its data in Ray's object store",
-    "messages through Ray": "its parts talk through Ray's calls, references or channels",
+    "messages through Ray": (
+        "its parts talk through Ray's calls, references or channels"
+    ),
     "its own wire": "its workers exchange their bytes over a transport of their own",
-    "a hand-off through the store": "it hands its result to another library through the store",
+    "a hand-off through the store": (
+        "it hands its result to another library through the store"
+    ),
 }
 
 
 def claims_showing(notebook: dict) -> dict[str, list[str]]:
-    """The notebook's declared claims that show something about its level, by what they show."""
+    """The notebook's declared claims that show something about its level, by what they
+    show."""
     found: dict[str, list[str]] = {}
     for name, claim in declared_claims(notebook).items():
         shows = claim.get("shows")
         if shows is not None and shows not in SHOWS:
-            raise ValueError(f"claim {name!r} shows {shows!r}, not one of {sorted(SHOWS)}")
+            raise ValueError(
+                f"claim {name!r} shows {shows!r}, not one of {sorted(SHOWS)}"
+            )
         if shows is not None:
             found.setdefault(shows, []).append(name)
     return found
 
 
-def unaccounted_claims(declared: dict, records: list[dict[str, Any]]) -> dict[str, list[str]]:
-    """Declared claims a run neither checked nor recorded as not checked, and the reverse."""
+def unaccounted_claims(
+    declared: dict, records: list[dict[str, Any]]
+) -> dict[str, list[str]]:
+    """Declared claims a run neither checked nor recorded as not checked, and the
+    reverse."""
     made = [r["name"] for r in records if r["kind"] in ("claim", "not checked")]
-    return {"declared, not accounted for": [n for n in declared if n not in made],
-            "made, not declared": [n for n in made if n not in declared],
-            "made twice": sorted({n for n in made if made.count(n) > 1})}
+    return {
+        "declared, not accounted for": [n for n in declared if n not in made],
+        "made, not declared": [n for n in made if n not in declared],
+        "made twice": sorted({n for n in made if made.count(n) > 1}),
+    }
 
 
 def records_in(notebook: dict) -> list[dict[str, Any]]:
@@ -123,7 +172,9 @@ def records_in(notebook: dict) -> list[dict[str, Any]]:
         for output in cell.get("outputs", []):
             payload = output.get("data", {}).get(MIME_TYPE)
             if payload is not None:
-                found.append(json.loads(payload) if isinstance(payload, str) else payload)
+                found.append(
+                    json.loads(payload) if isinstance(payload, str) else payload
+                )
     return found
 
 

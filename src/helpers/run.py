@@ -33,10 +33,11 @@ CELL_TIMEOUT_S = 600
 class PatientKernelManager(AsyncKernelManager):
     """A kernel given a minute to exit.
 
-    A notebook whose cell failed stops its cluster when its kernel exits (helpers.cluster
-    registers that at exit). On two cores that takes more than jupyter_client's 5 s, and
-    half-way through it sends SIGTERM, which ends the kernel without running what was
-    registered: the cluster's worker processes would be left running.
+    A notebook whose cell failed stops its cluster when its kernel exits
+    (helpers.cluster registers that at exit). On two cores that takes more than
+    jupyter_client's 5 s, and half-way through it sends SIGTERM, which ends the kernel
+    without running what was registered: the cluster's worker processes would be left
+    running.
     """
 
     shutdown_wait_time = Float(60.0)
@@ -106,20 +107,30 @@ def execute(
             f"{notebook.name} has no parameter {', '.join(map(repr, unknown))}; "
             f"it takes: {', '.join(sorted(declared))}."
         )
-    _require_kernel(kernel or nbformat.read(notebook, as_version=4).metadata["kernelspec"]["name"])
+    _require_kernel(
+        kernel or nbformat.read(notebook, as_version=4).metadata["kernelspec"]["name"]
+    )
     output.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     try:
         papermill.execute_notebook(
-            str(notebook), str(output), parameters=parameters, kernel_name=kernel,
-            execution_timeout=cell_timeout, progress_bar=False, cwd=str(notebook.parent),
+            str(notebook),
+            str(output),
+            parameters=parameters,
+            kernel_name=kernel,
+            execution_timeout=cell_timeout,
+            progress_bar=False,
+            cwd=str(notebook.parent),
             kernel_manager_class=PatientKernelManager,
         )
     except papermill.PapermillExecutionError as error:
-        first_line = error.source.strip().splitlines()[0] if error.source.strip() else ""
+        first_line = (
+            error.source.strip().splitlines()[0] if error.source.strip() else ""
+        )
         raise NotebookFailed(
-            f"{notebook.name}, cell {error.exec_count} ({first_line!r}; executed copy in "
-            f"{output}): {error.ename}: {error.evalue}"
+            f"{notebook.name}, cell {error.exec_count} "
+            f"({first_line!r}; executed copy in {output}): "
+            f"{error.ename}: {error.evalue}"
         ) from None
     seconds = time.perf_counter() - start
     return ExecutedNotebook(output, nbformat.read(output, as_version=4), seconds)
@@ -131,8 +142,9 @@ def _require_kernel(name: str) -> None:
         KernelSpecManager().get_kernel_spec(name)
     except NoSuchKernel:
         raise MissingKernel(
-            f"The Jupyter kernel {name!r} is not installed. Notebooks that need an environment "
-            "of their own get it from the set-up: run `make test` or `make book` once."
+            f"The Jupyter kernel {name!r} is not installed. "
+            "Notebooks that need an environment of their own get it from the set-up: "
+            "run `make test` or `make book` once."
         ) from None
 
 
@@ -147,9 +159,18 @@ def main(argv: list[str] | None = None) -> int:
     """The command line: execute one notebook, print its records; 1 on failure."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("notebook", type=Path)
-    parser.add_argument("-o", "--output", type=Path, help="where to write the executed copy")
-    parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[],
-                        metavar=("NAME", "VALUE"), help="VALUE is read as JSON if it can be")
+    parser.add_argument(
+        "-o", "--output", type=Path, help="where to write the executed copy"
+    )
+    parser.add_argument(
+        "-p",
+        "--parameter",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "VALUE"),
+        help="VALUE is read as JSON if it can be",
+    )
     args = parser.parse_args(argv)
     output = args.output or Path("_build/executed") / args.notebook.name
     parameters = {name: _parse_value(value) for name, value in args.parameter}

@@ -49,8 +49,10 @@ class _Gate:
         self.opened.clear()
 
 
-def objects_created_by(submit: Callable[[ray.ObjectRef], list[ray.ObjectRef]],
-                       gate: ray.actor.ActorHandle | None = None) -> tuple[int, list[Any]]:
+def objects_created_by(
+    submit: Callable[[ray.ObjectRef], list[ray.ObjectRef]],
+    gate: ray.actor.ActorHandle | None = None,
+) -> tuple[int, list[Any]]:
     """Count the objects that ``submit``'s calls create, then return the calls' results.
 
     ``submit`` receives a reference that is not ready until the count is
@@ -80,39 +82,47 @@ def _length(array: Any, *not_before: Any) -> int:
     return len(array)
 
 
-def goes_through_the_store(size: int, gate: ray.actor.ActorHandle | None = None) -> bool:
-    """Whether a task call puts a NumPy array of ``size`` bytes into the object store: the
-    call then creates an object besides its own result."""
+def goes_through_the_store(
+    size: int, gate: ray.actor.ActorHandle | None = None
+) -> bool:
+    """Whether a task call puts a NumPy array of ``size`` bytes into the object store:
+    the call then creates an object besides its own result."""
     array = np.ones(size, dtype=np.uint8)
-    created, [length] = objects_created_by(lambda closed: [_length.remote(array, closed)], gate)
+    created, [length] = objects_created_by(
+        lambda closed: [_length.remote(array, closed)], gate
+    )
     assert length == size
     return created > 0
 
 
 def smallest_stored_argument(low: int = 1024, high: int = 2**20) -> int:
-    """The smallest NumPy array, in bytes of data, that a call puts into the object store
-    rather than into the call itself (chapter 20), found by bisection between ``low``
-    (inside the call) and ``high`` (through the store).
+    """The smallest NumPy array, in bytes of data, that a call puts into the object
+    store rather than into the call itself (chapter 20), found by bisection between
+    ``low`` (inside the call) and ``high`` (through the store).
 
-    The caller's process decides, by its own ``max_direct_call_object_size`` (100 KiB unless
-    set), which it applies to the serialised argument: the array plus a small header. (A
-    task's result is the other way round: the worker that ran it decides.)
+    The caller's process decides, by its own ``max_direct_call_object_size`` (100 KiB
+    unless set), which it applies to the serialised argument: the array plus a small
+    header. (A task's result is the other way round: the worker that ran it decides.)
     """
     gate = _Gate.remote()  # one for the twenty or so calls
     if goes_through_the_store(low, gate) or not goes_through_the_store(high, gate):
         raise ValueError(f"the threshold is not between {low:,} and {high:,} bytes")
     while high - low > 1:
         middle = (low + high) // 2
-        low, high = (low, middle) if goes_through_the_store(middle, gate) else (middle, high)
+        low, high = (
+            (low, middle) if goes_through_the_store(middle, gate) else (middle, high)
+        )
     ray.kill(gate)
     return high
 
 
 def bytes_stored_by(step: Callable[[], Any], address: str) -> tuple[int, Any]:
-    """The bytes that the nodes' object stores gained while ``step`` ran, and its result.
+    """The bytes that the nodes' object stores gained while ``step`` ran, and its
+    result.
 
-    Ray's own counter of the bytes in every node's store, read once it has settled before
-    and after (chapter 35): frees from earlier work would otherwise count against the step.
+    Ray's own counter of the bytes in every node's store, read once it has settled
+    before and after (chapter 35): frees from earlier work would otherwise count against
+    the step.
     """
     before = _settled(lambda: store_bytes_used(address))
     result = step()
@@ -121,9 +131,10 @@ def bytes_stored_by(step: Callable[[], Any], address: str) -> tuple[int, Any]:
 
 @contextlib.contextmanager
 def batches_sent_by_ray_pools() -> Iterator[list[tuple[str, int]]]:
-    """Record every batch a ``ray.util.multiprocessing.Pool`` sends to its actors while the
-    block runs (chapter 21): the type of the callable, and its pickled bytes together with its
-    arguments. A call argument above 100 KiB goes into the object store, once per call."""
+    """Record every batch a ``ray.util.multiprocessing.Pool`` sends to its actors while
+    the block runs (chapter 21): the type of the callable, and its pickled bytes
+    together with its arguments. A call argument above 100 KiB goes into the object
+    store, once per call."""
     from ray.util.multiprocessing import pool
 
     sent, send = [], pool.Pool._run_batch
@@ -142,9 +153,10 @@ def batches_sent_by_ray_pools() -> Iterator[list[tuple[str, int]]]:
 @contextlib.contextmanager
 def store_traffic() -> Iterator[dict[str, tuple[int, int]]]:
     """The objects and bytes each node's store created while the block ran, by node ID
-    (chapters 36, 60, 61, 63): every ``ray.put``, every task or actor result and argument over 100 KiB,
-    and every copy a node pulled from another. Ray's own cumulative counters, asked of each
-    live node's raylet before and after; filled in when the block ends."""
+    (chapters 36, 60, 61, 63): every ``ray.put``, every task or actor result and
+    argument over 100 KiB, and every copy a node pulled from another. Ray's own
+    cumulative counters, asked of each live node's raylet before and after; filled in
+    when the block ends."""
     before = _created_per_node()
     traffic: dict[str, tuple[int, int]] = {}
     yield traffic
@@ -157,22 +169,35 @@ def _created_per_node() -> dict[str, tuple[int, int]]:
     created = {}
     for node in ray.nodes():
         if node["Alive"]:
-            stats = node_stats(node["NodeManagerAddress"], node["NodeManagerPort"],
-                               include_memory_info=False).store_stats
-            created[node["NodeID"]] = (stats.cumulative_created_objects, stats.cumulative_created_bytes)
+            stats = node_stats(
+                node["NodeManagerAddress"],
+                node["NodeManagerPort"],
+                include_memory_info=False,
+            ).store_stats
+            created[node["NodeID"]] = (
+                stats.cumulative_created_objects,
+                stats.cumulative_created_bytes,
+            )
     return created
 
 
 def store_bytes_used(address: str) -> int:
-    """Bytes held in all the nodes' object stores together, as ``ray memory --stats-only``
-    reads them."""
-    return get_memory_info_reply(get_state_from_address(address)).store_stats.object_store_bytes_used
+    """Bytes held in all the nodes' object stores together, as
+    ``ray memory --stats-only`` reads them."""
+    return get_memory_info_reply(
+        get_state_from_address(address)
+    ).store_stats.object_store_bytes_used
 
 
 def node_store_bytes_used(node_id: str) -> int:
-    """Bytes held in one node's object store (chapter 30), asked of that node's raylet."""
-    [node] = [node for node in ray.nodes() if node["NodeID"] == node_id and node["Alive"]]
-    stats = node_stats(node["NodeManagerAddress"], node["NodeManagerPort"], include_memory_info=False)
+    """Bytes held in one node's object store (chapter 30), asked of that node's
+    raylet."""
+    [node] = [
+        node for node in ray.nodes() if node["NodeID"] == node_id and node["Alive"]
+    ]
+    stats = node_stats(
+        node["NodeManagerAddress"], node["NodeManagerPort"], include_memory_info=False
+    )
     return stats.store_stats.object_store_bytes_used
 
 
@@ -181,7 +206,9 @@ def settled_store_bytes(node_id: str) -> int:
     return _settled(lambda: node_store_bytes_used(node_id))
 
 
-def _settled(read_bytes: Callable[[], int], still_s: float = 2.5, timeout_s: float = 60) -> int:
+def _settled(
+    read_bytes: Callable[[], int], still_s: float = 2.5, timeout_s: float = 60
+) -> int:
     # Ray frees objects in batches, once a second: a count taken right after the last
     # reference went may not show the free yet. So read until unchanged for `still_s`.
     deadline = time.monotonic() + timeout_s
@@ -196,13 +223,14 @@ def _settled(read_bytes: Callable[[], int], still_s: float = 2.5, timeout_s: flo
 
 
 def bytes_rebuilt_and_mapped(value: Any) -> tuple[int, int]:
-    """The bytes of ``value`` that each reader rebuilds, and those it maps in place (chapter 32).
+    """The bytes of ``value`` that each reader rebuilds, and those it maps in place
+    (chapter 32).
 
-    Ray serialises a value with pickle protocol 5 (``ray._private.serialization``): buffers
-    that allow it (NumPy arrays, Arrow columns) go out of band and stay in shared memory,
-    where a reader maps them; the rest (Python objects, such as a column of ``str``) is
-    pickled in band, and every ``ray.get`` unpickles a new copy. This splits a value the same
-    way.
+    Ray serialises a value with pickle protocol 5 (``ray._private.serialization``):
+    buffers that allow it (NumPy arrays, Arrow columns) go out of band and stay in
+    shared memory, where a reader maps them; the rest (Python objects, such as a column
+    of ``str``) is pickled in band, and every ``ray.get`` unpickles a new copy. This
+    splits a value the same way.
     """
     buffers: list = []
     in_band = ray.cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)
@@ -213,16 +241,19 @@ def held_sizes(refs: list[ray.ObjectRef]) -> list[int | None]:
     """Each object's size in bytes where a node's object store holds it, else None.
 
     A value under 100 KiB returned by a task travels inline to the caller that submitted
-    the task, its owner, and lives in the caller's memory, in no store. Waits until every
-    object exists.
+    the task, its owner, and lives in the caller's memory, in no store. Waits until
+    every object exists.
     """
     ray.wait(refs, num_returns=len(refs), fetch_local=False)
     found = object_locations(refs)
-    return [found[ref]["object_size"] if found[ref]["node_ids"] else None for ref in refs]
+    return [
+        found[ref]["object_size"] if found[ref]["node_ids"] else None for ref in refs
+    ]
 
 
 def spill_counters(address: str) -> dict[str, float]:
-    """MiB and objects spilled to disk and restored so far, cluster-wide; 0 when none."""
+    """MiB and objects spilled to disk and restored so far, cluster-wide; 0 when
+    none."""
     text = memory_summary(address=address, stats_only=True)
     found = {}
     for kind in ("Spilled", "Restored"):

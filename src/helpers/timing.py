@@ -37,8 +37,10 @@ class Timing:
         return max(self.samples)
 
     def __str__(self) -> str:
-        return (f"median {_human(self.median)} (min {_human(self.min)}, "
-                f"max {_human(self.max)}, {len(self.samples)} runs)")
+        return (
+            f"median {_human(self.median)} (min {_human(self.min)}, "
+            f"max {_human(self.max)}, {len(self.samples)} runs)"
+        )
 
 
 def time_it(work: Callable[[], Any], *, repeats: int = 5, warmup: int = 1) -> Timing:
@@ -55,8 +57,11 @@ def time_it(work: Callable[[], Any], *, repeats: int = 5, warmup: int = 1) -> Ti
     return Timing(tuple(samples))
 
 
-def within(seconds: float, what: str, work: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Return ``work(*args, **kwargs)``, or raise TimeoutError once ``seconds`` have passed.
+def within(
+    seconds: float, what: str, work: Callable[..., Any], *args: Any, **kwargs: Any
+) -> Any:
+    """Return ``work(*args, **kwargs)``, or raise TimeoutError once ``seconds`` have
+    passed.
 
     For calls that can wait forever: a JVM that died before it answered, a job
     waiting for executors that never come. The call is not stopped (Python
