@@ -1,5 +1,5 @@
-"""helpers.cluster: loopback only, nothing left behind, idempotent, fails fast; helpers.store counts;
-helpers.progress counts rounds in remote work."""
+"""helpers.cluster: loopback only, nothing left behind, idempotent, fails fast;
+helpers.store counts."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from conftest import ray_processes, shm_files, wait_until_gone
 import helpers
 from helpers.cluster import InfeasibleRequest
 from helpers.network import is_loopback, listening_addresses
-from helpers.progress import RoundsBar
 from helpers.store import objects_created_by
 
 
@@ -25,7 +24,9 @@ def our_processes() -> list[psutil.Process]:
 
 @pytest.mark.parametrize("dashboard", [False, True], ids=["no-dashboard", "dashboard"])
 def test_every_listener_is_on_loopback(dashboard, no_leftovers):
-    cluster = helpers.start_or_join(None, worker_nodes=1, dashboard=dashboard, quiet=True)
+    cluster = helpers.start_or_join(
+        None, worker_nodes=1, dashboard=dashboard, quiet=True
+    )
     try:
         check_listeners(cluster)
     finally:
@@ -38,15 +39,24 @@ def check_listeners(cluster):
     def node_id():
         return ray.get_runtime_context().get_node_id()
 
-    ids = {ray.get(node_id.options(scheduling_strategy="SPREAD").remote()) for _ in range(4)}
+    ids = {
+        ray.get(node_id.options(scheduling_strategy="SPREAD").remote())
+        for _ in range(4)
+    }
     listeners = []
     for proc in our_processes():
         try:
-            listeners += [(proc.name(), address) for address in listening_addresses(proc.pid)]
+            listeners += [
+                (proc.name(), address) for address in listening_addresses(proc.pid)
+            ]
         except psutil.NoSuchProcess:
             pass
-    assert len(listeners) >= 6, f"expected GCS, raylets and agents listening, found {listeners}"
-    exposed = [(name, (ip, port)) for name, (ip, port) in listeners if not is_loopback(ip)]
+    assert len(listeners) >= 6, (
+        f"expected GCS, raylets and agents listening, found {listeners}"
+    )
+    exposed = [
+        (name, (ip, port)) for name, (ip, port) in listeners if not is_loopback(ip)
+    ]
     assert not exposed, f"listening beyond loopback: {exposed}"
     assert {n.address for n in cluster.nodes()} == {"127.0.0.1"}
     assert len(ids) >= 1
@@ -54,8 +64,10 @@ def check_listeners(cluster):
 
 def test_token_authentication_is_on(cluster):
     import os
+
     assert os.environ["RAY_AUTH_MODE"] == "token"
     from helpers.internals import AuthenticationMode, get_authentication_mode
+
     assert get_authentication_mode() == AuthenticationMode.TOKEN
 
 
@@ -68,6 +80,19 @@ def test_shutdown_leaves_no_process_and_no_shared_memory():
     assert not ray.is_initialized()
     assert not wait_until_gone(started), "processes survived shutdown"
     assert shm_files() <= before_shm
+
+
+def test_shutdown_puts_back_the_settings_the_start_changed(no_leftovers):
+    from helpers.cluster import Settings
+
+    before = Settings.save()
+    live = helpers.start_or_join(None, worker_nodes=0, quiet=True)
+    helpers.quiet_ray_data()
+    assert Settings.save() != before, (
+        "the start changed nothing: this test checks nothing"
+    )
+    live.shutdown()
+    assert Settings.save() == before
 
 
 def test_running_the_setup_twice_reuses_the_cluster(cluster):
@@ -99,12 +124,15 @@ def test_the_table_shows_nodes_cpus_gpus_and_store(cluster):
     assert table.count("127.0.0.1") == 2
 
 
-@pytest.mark.parametrize("request_kwargs", [
-    {"workers": 3, "cpus": 1},              # more workers than CPUs in the cluster
-    {"workers": 1, "cpus": 2},              # more CPUs than any one node has
-    {"workers": 1, "gpus": 1},              # a GPU on a cluster without one
-    {"workers": 3, "cpus": 1, "spread": True},  # more separate nodes than exist
-])
+@pytest.mark.parametrize(
+    "request_kwargs",
+    [
+        {"workers": 3, "cpus": 1},  # more workers than CPUs in the cluster
+        {"workers": 1, "cpus": 2},  # more CPUs than any one node has
+        {"workers": 1, "gpus": 1},  # a GPU on a cluster without one
+        {"workers": 3, "cpus": 1, "spread": True},  # more separate nodes than exist
+    ],
+)
 def test_an_infeasible_request_fails_fast_and_says_why(cluster, request_kwargs):
     start = time.monotonic()
     with pytest.raises(InfeasibleRequest, match=r"Asked for .* it has 2 node\(s\)"):
@@ -124,7 +152,9 @@ def test_a_bad_cluster_shape_is_refused():
 
 def test_an_address_where_nothing_answers_fails_fast():
     start = time.monotonic()
-    with pytest.raises(ConnectionError, match="No Ray cluster answers at '127.0.0.1:9'"):
+    with pytest.raises(
+        ConnectionError, match="No Ray cluster answers at '127.0.0.1:9'"
+    ):
         helpers.start_or_join("127.0.0.1:9", quiet=True)
     assert time.monotonic() - start < 10, "ray.init would have retried for minutes"
 
@@ -145,20 +175,11 @@ def test_a_large_argument_is_stored_once_per_call_and_a_reference_never(cluster)
         return len(array)
 
     array = np.zeros(200_000)  # 1.6 MB: over the 100 KiB that Ray passes inline
-    by_value, lengths = objects_created_by(lambda closed: [length.remote(array, closed) for _ in range(3)])
+    by_value, lengths = objects_created_by(
+        lambda closed: [length.remote(array, closed) for _ in range(3)]
+    )
     reference = ray.put(array)
-    by_reference, _ = objects_created_by(lambda closed: [length.remote(reference, closed) for _ in range(3)])
+    by_reference, _ = objects_created_by(
+        lambda closed: [length.remote(reference, closed) for _ in range(3)]
+    )
     assert (by_value, by_reference, lengths) == (3, 0, [200_000] * 3)
-
-
-def test_a_rounds_bar_counts_the_rounds_where_the_training_runs(cluster):
-    @ray.remote
-    def train(rounds: int) -> tuple[int, int]:
-        import xgboost
-
-        bar = RoundsBar("rounds", rounds)
-        rows = xgboost.DMatrix(np.arange(20.0).reshape(10, 2), label=np.arange(10) % 2)
-        xgboost.train({"nthread": 1}, rows, rounds, callbacks=[bar])
-        return bar.bar.n, bar.bar.total
-
-    assert ray.get(train.remote(4)) == (4, 4)

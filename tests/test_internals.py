@@ -1,5 +1,6 @@
 """Ray's private and experimental APIs are used in one module, helpers/internals.py, and
-each still exists in the installed Ray: an upgrade that moves one fails here, by name."""
+each still exists in the installed Ray: an upgrade that moves one fails here, by
+name."""
 
 from __future__ import annotations
 
@@ -29,14 +30,20 @@ USED = [
     "ray._raylet.GcsClientOptions.create",
     "ray._raylet.get_authentication_mode",
     "ray.experimental.get_object_locations",
-    "ray.experimental.tqdm_ray.real_tqdm",
     "ray._private.ray_perf.Actor",
     "ray._private.ray_microbenchmark_helpers.timeit",
 ]
-PRIVATE = re.compile(r"ray\._private|ray\._raylet|global_worker|core_worker|ray\.experimental|\._jsc\b")
-# Chapters whose subject is an experimental API call it by name (and so do their controls).
+PRIVATE = re.compile(
+    r"ray\._private|ray\._raylet|global_worker|core_worker|ray\.experimental|\._jsc\b"
+)
+# Chapters whose subject is an experimental API call it by name (and so do their
+# controls).
 SUBJECT = re.compile(r"ray\.experimental\.(collective|wait_tensor_freed)\b")
-SUBJECT_ALLOWED_IN = {"60_collectives.ipynb", "61_direct_transport.ipynb", "test_controls.py"}
+SUBJECT_ALLOWED_IN = {
+    "60_collectives.ipynb",
+    "61_direct_transport.ipynb",
+    "test_controls.py",
+}
 
 
 def resolve(dotted: str) -> object:
@@ -57,8 +64,12 @@ def test_each_private_api_the_book_uses_is_still_there(name):
     try:
         resolve(name)
     except (ImportError, AttributeError):
-        pytest.fail(f"Ray {ray.__version__} has no {name} (helpers/internals.py was checked against "
-                    "2.60.0): find where it moved, or another way, there", pytrace=False)
+        pytest.fail(
+            f"Ray {ray.__version__} has no {name} "
+            "(helpers/internals.py was checked against 2.60.0): "
+            "find where it moved, or another way, there",
+            pytrace=False,
+        )
 
 
 def test_the_internals_module_imports():
@@ -69,17 +80,26 @@ def test_the_internals_module_imports():
 
 def code_without_comments_or_strings(source: str) -> str:
     tokens = tokenize.generate_tokens(io.StringIO(source).readline)
-    code = " ".join(t.string for t in tokens if t.type not in (tokenize.COMMENT, tokenize.STRING))
-    return re.sub(r"\s*\.\s*", ".", code)  # the tokens joined: "ray . _private" is ray._private
+    code = " ".join(
+        t.string for t in tokens if t.type not in (tokenize.COMMENT, tokenize.STRING)
+    )
+    return re.sub(
+        r"\s*\.\s*", ".", code
+    )  # the tokens joined: "ray . _private" is ray._private
 
 
 def sources() -> list[tuple[str, str]]:
-    found = [(path.name, path.read_text()) for folder in ("src/helpers", "tests", "benchmarks")
-             for path in sorted((ROOT / folder).rglob("*.py"))
-             if path.name not in ("internals.py", "test_internals.py")]
+    found = [
+        (path.name, path.read_text())
+        for folder in ("src/helpers", "tests", "benchmarks")
+        for path in sorted((ROOT / folder).rglob("*.py"))
+        if path.name not in ("internals.py", "test_internals.py")
+    ]
     for notebook in sorted((ROOT / "notebooks").glob("*.ipynb")):
         cells = json.loads(notebook.read_text())["cells"]
-        code = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+        code = "\n".join(
+            "".join(c["source"]) for c in cells if c["cell_type"] == "code"
+        )
         found.append((notebook.name, code))
     return found
 

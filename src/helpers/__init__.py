@@ -12,6 +12,7 @@
 * :mod:`helpers.isolated`: a multi-address cluster in a private network.
 * :mod:`helpers.machines`: a cluster of simulated machines, which share only a network
   and one storage folder (the tests run every notebook on one).
+* :mod:`helpers.quiet`: library chatter turned down where it is made.
 * :mod:`helpers.plots`: one figure style, titles and units required.
 * :mod:`helpers.gpu`: find a CUDA GPU, fall back to the CPU.
 * :mod:`helpers.internals`: the private and experimental APIs of Ray the book uses, the
@@ -19,9 +20,16 @@
 * :mod:`helpers.run`: execute a notebook with parameters, unattended.
 """
 
-from helpers.cluster import InfeasibleRequest, LiveCluster, MissingDashboard, MissingStorage, start_or_join
+from helpers.cluster import (
+    InfeasibleRequest,
+    LiveCluster,
+    MissingDashboard,
+    MissingStorage,
+    start_or_join,
+)
 from helpers.gpu import cuda_gpu_count, gpus_to_use
 from helpers.plots import figure
+from helpers.quiet import quiet_ray_data
 from helpers.results import ClaimFailed, claim, measure, not_checked
 from helpers.timing import Timing, time_it, within
 
@@ -38,6 +46,7 @@ __all__ = [
     "gpus_to_use",
     "measure",
     "not_checked",
+    "quiet_ray_data",
     "start_or_join",
     "time_it",
     "within",

@@ -30,11 +30,18 @@ from ray.cluster_utils import Cluster
 
 from helpers.internals import AuthenticationTokenLoader, Config, ray_constants
 from helpers.network import is_loopback
+from helpers.quiet import LOGGERS
 from helpers.results import machine
 
 LOOPBACK = "127.0.0.1"
-# The driver's "ray" logger: warnings and errors, not "Connecting to existing Ray cluster".
+# The driver's "ray" logger: warnings and errors, not "Connecting to existing Ray
+# cluster".
 QUIET = logging.WARNING
+# How the driver connects. Besides its quiet logger, the workers' output (a library's
+# chatter, its warnings, Ray's own lines from the worker processes) stays in the
+# session's log files, under session_dir/logs, and is not copied onto the page. Ray
+# still prints the errors it pushes to the driver (a worker that died, say).
+CONNECT_QUIETLY = dict(logging_level=QUIET, log_to_driver=False)
 
 
 class InfeasibleRequest(ValueError):
@@ -46,7 +53,7 @@ class MissingStorage(ValueError):
 
 
 class MissingDashboard(ValueError):
-    """A chapter that reads Ray's state API, joined to a cluster that runs no dashboard."""
+    """A chapter that reads Ray's state API, joined to a cluster without a dashboard."""
 
 
 @dataclass(frozen=True)
@@ -64,6 +71,45 @@ class ClusterSpec:
             raise ValueError(f"Not a cluster shape: {self}")
         if self.object_store_mb < 80:
             raise ValueError("Ray needs an object store of at least 80 MB per node.")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What this module changes outside the cluster, saved to be put back at shutdown.
+
+    Ray's environment variables that start_or_join sets (the address to advertise,
+    token authentication), the copy Ray took of one when it was imported, and the
+    levels of the loggers that this module and :mod:`helpers.quiet` turn down.
+    """
+
+    environ: dict[str, str | None]
+    enable_ray_cluster: bool
+    log_levels: dict[str, int]
+
+    VARIABLES = (
+        ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR,
+        "RAY_AUTH_MODE",
+        "RAY_AUTH_TOKEN",
+    )
+
+    @classmethod
+    def save(cls) -> Settings:
+        return cls(
+            environ={name: os.environ.get(name) for name in cls.VARIABLES},
+            enable_ray_cluster=ray_constants.ENABLE_RAY_CLUSTER,
+            log_levels={name: logging.getLogger(name).level for name in LOGGERS},
+        )
+
+    def restore(self) -> None:
+        for name, value in self.environ.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        ray_constants.ENABLE_RAY_CLUSTER = self.enable_ray_cluster
+        for name, level in self.log_levels.items():
+            logging.getLogger(name).setLevel(level)
+        _reload_ray_settings()
 
 
 @dataclass(frozen=True)
@@ -85,13 +131,18 @@ class LiveCluster:
     joined cluster only disconnects; a started one is stopped completely.
     """
 
-    def __init__(self, address: str, spec: ClusterSpec | None, local: Cluster | None) -> None:
+    def __init__(
+        self, address: str, spec: ClusterSpec | None, local: Cluster | None
+    ) -> None:
         self.address = address
         self.spec = spec
         self._local = local
         self._storage_path: str | None = None  # start_or_join's storage_path
         self._own_storage: tempfile.TemporaryDirectory | None = None
-        self.session_dir = ""  # where Ray keeps this session's logs and state, once connected
+        self.session_dir = (
+            ""  # where Ray keeps this session's logs and state, once connected
+        )
+        self._settings_before: Settings | None = None  # put back at shutdown
 
     @property
     def started_here(self) -> bool:
@@ -133,29 +184,45 @@ class LiveCluster:
         if self._own_storage is None:
             if not self.started_here and self.machines() > 1:
                 raise MissingStorage(
-                    f"This chapter writes files that other nodes read, and the cluster at "
-                    f"{self.address} spans {self.machines()} machines, which do not share this "
-                    "machine's folders. Set storage_path to a folder every node mounts at the "
+                    "This chapter writes files that other nodes read, and the cluster "
+                    f"at {self.address} spans {self.machines()} machines, which do not "
+                    "share this machine's folders. Set storage_path to a folder every "
+                    "node mounts at the "
                     "same path (NFS, say)."
                 )
-            self._own_storage = tempfile.TemporaryDirectory(prefix="ray-library-patterns-storage-")
+            self._own_storage = tempfile.TemporaryDirectory(
+                prefix="ray-library-patterns-storage-"
+            )
         return self._own_storage.name
 
     def node_names(self) -> dict[str, str]:
-        """Short names for the live nodes by node id: "head", "worker 1", "worker 2", ..."""
-        return {n.node_id: "head" if n.is_head else f"worker {i}"
-                for i, n in enumerate(self.nodes())}
+        """Short names for the live nodes by node id: "head", "worker 1", ..."""
+        return {
+            n.node_id: "head" if n.is_head else f"worker {i}"
+            for i, n in enumerate(self.nodes())
+        }
 
     def table(self) -> str:
         """The nodes as a small text table, with a total line."""
         rows = [
-            ("head" if n.is_head else "worker", n.node_id[:8], n.address,
-             f"{n.cpus:g}", f"{n.gpus:g}", f"{n.object_store_mb:.0f}")
+            (
+                "head" if n.is_head else "worker",
+                n.node_id[:8],
+                n.address,
+                f"{n.cpus:g}",
+                f"{n.gpus:g}",
+                f"{n.object_store_mb:.0f}",
+            )
             for n in self.nodes()
         ]
-        total = ("total", f"{len(rows)} nodes", "",
-                 f"{sum(float(r[3]) for r in rows):g}", f"{sum(float(r[4]) for r in rows):g}",
-                 f"{sum(float(r[5]) for r in rows):.0f}")
+        total = (
+            "total",
+            f"{len(rows)} nodes",
+            "",
+            f"{sum(float(r[3]) for r in rows):g}",
+            f"{sum(float(r[4]) for r in rows):g}",
+            f"{sum(float(r[5]) for r in rows):.0f}",
+        )
         header = ("role", "node", "address", "CPUs", "GPUs", "object store (MB)")
         lines = [header, *rows, total]
         widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
@@ -163,7 +230,12 @@ class LiveCluster:
         return "\n".join(fmt.format(*line).rstrip() for line in lines)
 
     def require(
-        self, *, workers: int = 1, cpus: float = 1, gpus: float = 0, spread: bool = False
+        self,
+        *,
+        workers: int = 1,
+        cpus: float = 1,
+        gpus: float = 0,
+        spread: bool = False,
     ) -> None:
         """Fail now, with a clear message, if the cluster can never place the request.
 
@@ -185,7 +257,8 @@ class LiveCluster:
         if capacity >= workers:
             return
         asked = f"{workers} worker(s) of {cpus:g} CPU and {gpus:g} GPU" + (
-            " on separate nodes" if spread else "")
+            " on separate nodes" if spread else ""
+        )
         have = ", ".join(f"{n.cpus:g} CPU/{n.gpus:g} GPU" for n in nodes)
         raise InfeasibleRequest(
             f"Asked for {asked}, but the cluster can hold at most {capacity}: "
@@ -200,25 +273,34 @@ class LiveCluster:
         a cluster they joined.
         """
         if self._local is None:
-            raise InfeasibleRequest("kill_node works only on a cluster this process started, "
-                                    "not on one it joined.")
+            raise InfeasibleRequest(
+                "kill_node works only on a cluster this process started, "
+                "not on one it joined."
+            )
         node = next((n for n in self._local.worker_nodes if n.node_id == node_id), None)
         if node is None:
             raise ValueError(f"{node_id[:8]} is not a live worker node of this cluster")
         self._local.remove_node(node, allow_graceful=False)
 
     def shutdown(self) -> None:
-        """Disconnect; and if this process started the cluster, stop every process of it."""
+        """Disconnect; if this process started the cluster, stop all its processes."""
         global _current
         ray.shutdown()
         if self._own_storage is not None:
             self._own_storage.cleanup()
             self._own_storage = None
         if self._local is not None:
-            raylets = [child.pid for child in psutil.Process().children(recursive=True) if child.name() == "raylet"]
+            raylets = [
+                child.pid
+                for child in psutil.Process().children(recursive=True)
+                if child.name() == "raylet"
+            ]
             self._local.shutdown()
             remove_channel_semaphores(raylets)
             self._local = None
+        if self._settings_before is not None:
+            self._settings_before.restore()
+            self._settings_before = None
         if _current is self:
             _current = None
 
@@ -272,11 +354,18 @@ def start_or_join(
     """
     global _current
     address = ray_address or os.environ.get("RAY_ADDRESS") or None
-    spec = None if address else ClusterSpec(
-        worker_nodes, cpus_per_node, gpus_per_node, object_store_mb, dashboard)
+    spec = (
+        None
+        if address
+        else ClusterSpec(
+            worker_nodes, cpus_per_node, gpus_per_node, object_store_mb, dashboard
+        )
+    )
 
     if _current is not None:
-        same = _current.spec == spec and (spec is not None or _current.address == address)
+        same = _current.spec == spec and (
+            spec is not None or _current.address == address
+        )
         if same and ray.is_initialized():
             if not quiet:
                 print(f"Reusing {_current!r}.\n{_current.table()}")
@@ -285,32 +374,49 @@ def start_or_join(
 
     if spec and not quiet:
         # The reader's first wait in every notebook: say what it is.
-        print(f"Starting a head node and {spec.worker_nodes} worker node(s) on {LOOPBACK}; "
-              "their table follows once every node is up.", flush=True)
-    cluster = _join(address, runtime_env) if address else _start(spec, runtime_env)
+        print(
+            f"Starting a head node and {spec.worker_nodes} worker node(s) "
+            f"on {LOOPBACK}; "
+            "their table follows once every node is up.",
+            flush=True,
+        )
+    settings_before = Settings.save()
+    try:
+        cluster = _join(address, runtime_env) if address else _start(spec, runtime_env)
+    except BaseException:
+        settings_before.restore()
+        raise
+    cluster._settings_before = settings_before
     cluster._storage_path = storage_path
     if dashboard and not cluster.started_here and not _dashboard_runs(address):
         cluster.shutdown()
         raise MissingDashboard(
-            f"This chapter reads Ray's state API, which the dashboard serves, and the cluster at "
-            f"{address} runs without one. Start its head node with --include-dashboard=true."
+            "This chapter reads Ray's state API, which the dashboard serves, and the "
+            f"cluster at {address} runs without one. Start its head node with "
+            "--include-dashboard=true."
         )
     _current = cluster
     if not quiet:
         print(f"{cluster!r}\n{cluster.table()}")
         nodes = cluster.nodes()
-        machine(cpus=os.cpu_count() or 0, memory_gib=psutil.virtual_memory().total / 2**30,
-                gpus=sum(n.gpus for n in nodes), ray_version=ray.__version__,
-                cluster=f"{'started here' if cluster.started_here else 'joined'}, {len(nodes)} nodes")
+        how_connected = "started here" if cluster.started_here else "joined"
+        machine(
+            cpus=os.cpu_count() or 0,
+            memory_gib=psutil.virtual_memory().total / 2**30,
+            gpus=sum(n.gpus for n in nodes),
+            ray_version=ray.__version__,
+            cluster=f"{how_connected}, {len(nodes)} nodes",
+        )
     return cluster
 
 
 def _join(address: str, runtime_env: dict[str, Any] | None) -> LiveCluster:
     if address.startswith("ray://"):
         raise ValueError(
-            f"{address!r} is a Ray Client address. The chapters need a driver on a node of the "
-            "cluster: submit the notebook with `ray job submit`, or run it on the head node with "
-            "ray_address=127.0.0.1:6379 (book/real_cluster.md, 'Where the driver runs')."
+            f"{address!r} is a Ray Client address. The chapters need a driver on a "
+            "node of the cluster: submit the notebook with `ray job submit`, or run it "
+            "on the head node with ray_address=127.0.0.1:6379 (book/real_cluster.md, "
+            "'Where the driver runs')."
         )
     host, _, port = address.rpartition(":")
     try:
@@ -324,21 +430,25 @@ def _join(address: str, runtime_env: dict[str, Any] | None) -> LiveCluster:
         ) from None
     _advertise_loopback(is_loopback(host))
     _reload_ray_settings()  # RAY_AUTH_* may have been set after ray was imported
-    if "RAY_AUTH_MODE" not in os.environ and AuthenticationTokenLoader.instance().has_token(
-            ignore_auth_mode=True):
-        # A reader who gives a token means to use it: Ray sends none unless the mode says so.
+    if (
+        "RAY_AUTH_MODE" not in os.environ
+        and AuthenticationTokenLoader.instance().has_token(ignore_auth_mode=True)
+    ):
+        # A reader who gives a token means to use it: Ray sends none unless the mode
+        # says so.
         os.environ["RAY_AUTH_MODE"] = "token"
         _reload_ray_settings()
     # An explicit address, always: with none, ray.init attaches to whatever
     # cluster was started last on this machine.
-    context = ray.init(address=address, runtime_env=runtime_env, logging_level=QUIET)
+    context = ray.init(address=address, runtime_env=runtime_env, **CONNECT_QUIETLY)
     cluster = LiveCluster(address, spec=None, local=None)
     cluster.session_dir = context.address_info["session_dir"]
     return cluster
 
 
 def _start(spec: ClusterSpec, runtime_env: dict[str, Any] | None) -> LiveCluster:
-    logging.getLogger("ray").setLevel(QUIET)  # before ray.init too: starting the nodes logs
+    # Before ray.init too: starting the nodes logs.
+    logging.getLogger("ray").setLevel(QUIET)
     _advertise_loopback(True)
     _require_token()
     node_args = dict(
@@ -361,8 +471,12 @@ def _start(spec: ClusterSpec, runtime_env: dict[str, Any] | None) -> LiveCluster
         for _ in range(spec.worker_nodes):
             local.add_node(wait=False, **node_args)  # start them side by side
         local.wait_for_nodes()
-        context = ray.init(address=local.address, _node_ip_address=LOOPBACK, runtime_env=runtime_env,
-                           logging_level=QUIET)
+        context = ray.init(
+            address=local.address,
+            _node_ip_address=LOOPBACK,
+            runtime_env=runtime_env,
+            **CONNECT_QUIETLY,
+        )
         cluster.session_dir = context.address_info["session_dir"]
     except BaseException:
         cluster.shutdown()
@@ -399,8 +513,7 @@ def _advertise_loopback(loopback: bool) -> None:
 def _require_token() -> None:
     """Turn on token authentication for the clusters this process starts.
 
-    The variables stay set for this process, and so for the next cluster it
-    starts.
+    The variables stay set until the cluster shuts down (see :class:`Settings`).
     """
     os.environ["RAY_AUTH_MODE"] = "token"
     _reload_ray_settings()
@@ -420,13 +533,18 @@ def _reload_ray_settings() -> None:
 def remove_channel_semaphores(raylet_pids: list[int]) -> None:
     """Remove the named semaphores a node's object store leaves in /dev/shm.
 
-    Checked against Ray 2.60: a compiled graph's channels (chapter 62) are mutable objects,
-    and the raylet that holds one creates two POSIX semaphores for it
-    (``sem.hdr<raylet pid>-<n>``, ``sem.obj<raylet pid>-<n>``) that nothing unlinks, not
-    even the raylet's exit. Called with the stopped raylets' pids, it removes theirs only.
+    Checked against Ray 2.60: a compiled graph's channels (chapter 62) are mutable
+    objects, and the raylet that holds one creates two POSIX semaphores for it
+    (``sem.hdr<raylet pid>-<n>``, ``sem.obj<raylet pid>-<n>``) that nothing unlinks,
+    not even the raylet's exit. Called with the stopped raylets' pids, it removes
+    theirs only.
     """
-    prefixes = tuple(f"sem.{kind}{pid}-" for pid in raylet_pids for kind in ("hdr", "obj"))
-    for name in os.listdir("/dev/shm") if prefixes and os.path.isdir("/dev/shm") else []:
+    prefixes = tuple(
+        f"sem.{kind}{pid}-" for pid in raylet_pids for kind in ("hdr", "obj")
+    )
+    for name in (
+        os.listdir("/dev/shm") if prefixes and os.path.isdir("/dev/shm") else []
+    ):
         if name.startswith(prefixes):
             os.remove(os.path.join("/dev/shm", name))
 

@@ -1,4 +1,5 @@
-"""The private and experimental APIs of Ray (and one of Spark) that the book uses, in one place.
+"""The private and experimental APIs of Ray (and one of Spark) that the book uses, in
+one place.
 
 Each is here because no public API serves, and says so. All were checked against
 Ray 2.60.0 (``CHECKED_AGAINST``) and RayDP 1.6.5's Spark 3.5. When an upgrade moves
@@ -16,29 +17,53 @@ from typing import Any
 
 import ray
 
-# The cluster helper (cluster.py): Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER into a module
-# constant when it is imported, and caches its auth settings and token from the environment;
-# no public call makes it read them again.
+# The cluster helper (cluster.py): Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER into a
+# module constant when it is imported, and caches its auth settings and token from the
+# environment; no public call makes it read them again.
 from ray._private import ray_constants
 
-# The store's counters per node (store.py): Ray's public route to them is its metrics, served
-# in Prometheus' format by each node's agent over HTTP; the raylets answer these calls directly.
-from ray._private.internal_api import get_memory_info_reply, get_state_from_address, memory_summary, node_stats
+# The store's counters per node (store.py): Ray's public route to them is its metrics,
+# served in Prometheus' format by each node's agent over HTTP; the raylets answer these
+# calls directly.
+from ray._private.internal_api import (
+    get_memory_info_reply,
+    get_state_from_address,
+    memory_summary,
+    node_stats,
+)
 
-# Ray's view of a cluster without its dashboard (machines.py: the simulated machines run none).
+# Ray's view of a cluster without its dashboard (machines.py: the simulated machines run
+# none).
 from ray._private.state import GlobalState
 from ray._private.worker import global_worker
-from ray._raylet import AuthenticationMode, AuthenticationTokenLoader, Config, GcsClientOptions, get_authentication_mode
-
-# Progress bars drawn from inside tasks (progress.py): experimental, and there is no other.
-from ray.experimental import tqdm_ray
+from ray._raylet import (
+    AuthenticationMode,
+    AuthenticationTokenLoader,
+    Config,
+    GcsClientOptions,
+    get_authentication_mode,
+)
 
 CHECKED_AGAINST = "2.60.0"
 
-__all__ = ["CHECKED_AGAINST", "AuthenticationMode", "AuthenticationTokenLoader", "Config", "GcsClientOptions",
-           "GlobalState", "get_authentication_mode", "get_memory_info_reply", "get_state_from_address",
-           "memory_summary", "node_stats", "object_locations", "ray_benchmarks", "ray_constants",
-           "reference_counts", "spark_scala_context", "tqdm_ray"]
+__all__ = [
+    "CHECKED_AGAINST",
+    "AuthenticationMode",
+    "AuthenticationTokenLoader",
+    "Config",
+    "GcsClientOptions",
+    "GlobalState",
+    "get_authentication_mode",
+    "get_memory_info_reply",
+    "get_state_from_address",
+    "memory_summary",
+    "node_stats",
+    "object_locations",
+    "ray_benchmarks",
+    "ray_constants",
+    "reference_counts",
+    "spark_scala_context",
+]
 
 
 def reference_counts() -> dict[str, Any]:
@@ -53,14 +78,15 @@ def reference_counts() -> dict[str, Any]:
 def object_locations(refs: list[ray.ObjectRef]) -> dict[ray.ObjectRef, dict[str, Any]]:
     """Each object's size and the nodes whose stores hold a copy (``ray.experimental``).
 
-    The state API (``ray.util.state.list_objects``) needs the dashboard, and lists where each
-    reference is held, not which stores hold a copy.
+    The state API (``ray.util.state.list_objects``) needs the dashboard, and lists where
+    each reference is held, not which stores hold a copy.
     """
     return ray.experimental.get_object_locations(refs)
 
 
 def ray_benchmarks():
-    """Ray's own microbenchmarks: their task and actor, and their timing loop (chapter 20).
+    """Ray's own microbenchmarks: their task and actor, and their timing loop
+    (chapter 20).
 
     Private: Ray runs them in its release tests and does not export them.
     """
