@@ -261,12 +261,20 @@ SERVE_SHUTDOWN = (
 TOLERATED: dict[str, re.Pattern] = {
     "notebooks/24_alibi.html": re.compile(SERVE_SHUTDOWN, re.MULTILINE),
     "notebooks/36_ray_libraries.html": re.compile(SERVE_SHUTDOWN, re.MULTILINE),
-    # Seen on some runs under the Ray Data training step, which itself succeeds; not
-    # yet explained.
+    # On some runs (two of this stop's four builds) the first worker Ray leases for
+    # 13's training task cannot load the task's function: it looks for a module
+    # named by digits, raises ModuleNotFoundError and is destroyed. Ray reports
+    # that, the worker's death and the retry, and the retry succeeds. Cause not
+    # yet found.
     "notebooks/13_raydp.html": re.compile(
-        r"^\(raylet\) A worker died or was killed while executing a task by an "
-        r"unexpected system error\..*$",
-        re.MULTILINE,
+        r"^\(raylet\) (Traceback \(most recent call last\):|A worker died or was "
+        r"killed while executing a task by an unexpected system error\.)"
+        r"((?!\n\(raylet\)).)*?No module named '\d+'\n"
+        r"An unexpected internal error occurred while the worker was executing a "
+        r"task\.$"
+        r"|^\(raylet\) Task train_linear failed\. There are \d+ retries remaining, "
+        r"so the task will be retried\. Error: *$",
+        re.MULTILINE | re.DOTALL,
     ),
 }
 CODE_COLUMNS = 88
@@ -323,6 +331,16 @@ def test_noise_in_finds_log_lines_tracebacks_warnings_and_long_code():
     assert noise_in([shown]) == []
     known = re.compile(r"^\(raylet\) A worker died.*$", re.MULTILINE)
     assert noise_in(noisy[:1], known) == [] and noise_in(noisy[1:2], known)
+    failed_load = (
+        "(raylet) Traceback (most recent call last):\n  File ...\n"
+        "ModuleNotFoundError: No module named '2887527635'\n"
+        "An unexpected internal error occurred while the worker was executing a task.\n"
+        "(raylet) Task train_linear failed. There are 3 retries remaining, so the "
+        "task will be retried. Error: \n"
+    )
+    in_13 = TOLERATED["notebooks/13_raydp.html"]
+    assert noise_in([{**quiet, "outputs": failed_load}], in_13) == []
+    assert noise_in([{**quiet, "outputs": failed_load + noisy[5]["outputs"]}], in_13)
 
 
 def open_page(

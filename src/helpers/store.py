@@ -237,18 +237,27 @@ def bytes_rebuilt_and_mapped(value: Any) -> tuple[int, int]:
     return len(in_band), sum(memoryview(buffer).nbytes for buffer in buffers)
 
 
-def held_sizes(refs: list[ray.ObjectRef]) -> list[int | None]:
+def held_sizes(refs: list[ray.ObjectRef], settle_s: float = 2.0) -> list[int | None]:
     """Each object's size in bytes where a node's object store holds it, else None.
 
     A value under 100 KiB returned by a task travels inline to the caller that submitted
     the task, its owner, and lives in the caller's memory, in no store. Waits until
-    every object exists.
+    every object exists. The owner learns where a task's result is stored a moment
+    after the result is ready (on separate machines, after it has been seen to say
+    none), so an object without a location is looked for again, for up to
+    ``settle_s`` seconds, before it counts as held in no store.
     """
     ray.wait(refs, num_returns=len(refs), fetch_local=False)
-    found = object_locations(refs)
-    return [
-        found[ref]["object_size"] if found[ref]["node_ids"] else None for ref in refs
-    ]
+    deadline = time.monotonic() + settle_s
+    while True:
+        found = object_locations(refs)
+        sizes = [
+            found[ref]["object_size"] if found[ref]["node_ids"] else None
+            for ref in refs
+        ]
+        if None not in sizes or time.monotonic() > deadline:
+            return sizes
+        time.sleep(0.1)
 
 
 def spill_counters(address: str) -> dict[str, float]:
