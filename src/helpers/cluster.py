@@ -139,9 +139,8 @@ class LiveCluster:
         self._local = local
         self._storage_path: str | None = None  # start_or_join's storage_path
         self._own_storage: tempfile.TemporaryDirectory | None = None
-        self.session_dir = (
-            ""  # where Ray keeps this session's logs and state, once connected
-        )
+        # Where Ray keeps this session's logs and state, once connected.
+        self.session_dir = ""
         self._settings_before: Settings | None = None  # put back at shutdown
 
     @property

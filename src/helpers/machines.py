@@ -156,9 +156,8 @@ class SimulatedCluster:
             environment,
         )
         self._supervisor: subprocess.Popen | None = None
-        self._inside_pid = (
-            0  # the namespaces' first process, as this machine numbers it
-        )
+        # The namespaces' first process, as this machine numbers it.
+        self._inside_pid = 0
         self.address = f"{HEAD_ADDRESS}:{GCS_PORT}"
         self.node_addresses: list[str] = []
         self.start_s = 0.0
