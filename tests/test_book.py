@@ -277,15 +277,34 @@ TOLERATED: dict[str, re.Pattern] = {
         re.MULTILINE | re.DOTALL,
     ),
 }
+# On any page: Ray's report of a worker that died while it ran a task, without a
+# traceback. Seen on some runs only: under 21's plot, after joblib's pool of actors
+# was torn down ("Worker unexpectedly exits with a connection error code 2"), and
+# under 13's Ray Data step. Nothing the chapter checks failed.
+WORKER_DIED = re.compile(
+    r"^\(raylet\) A worker died or was killed while executing a task by an "
+    r"unexpected system error\.(?!.*Traceback).*$",
+    re.MULTILINE,
+)
+
+
+def tolerated_on(page: str) -> tuple[re.Pattern, ...]:
+    """The page's own tolerated lines first (they may include a worker's death with
+    its traceback), then those tolerated on every page."""
+    return (*([TOLERATED[page]] if page in TOLERATED else []), WORKER_DIED)
+
+
 CODE_COLUMNS = 88
 
 
-def noise_in(cells: list[dict], tolerated: re.Pattern | None = None) -> list[str]:
+def noise_in(cells: list[dict], tolerated: tuple[re.Pattern, ...] = ()) -> list[str]:
     """Log lines, tracebacks and warnings in the outputs, and code lines over 88
-    columns. Output lines that match ``tolerated`` are let through."""
+    columns. Output that matches one of the ``tolerated`` patterns is let through."""
     found = []
     for cell in cells:
-        outputs = tolerated.sub("", cell["outputs"]) if tolerated else cell["outputs"]
+        outputs = cell["outputs"]
+        for pattern in tolerated:
+            outputs = pattern.sub("", outputs)
         if SHOWS_ERROR not in cell["classes"].split():
             for what, pattern in NOISE.items():
                 found += [
@@ -330,7 +349,8 @@ def test_noise_in_finds_log_lines_tracebacks_warnings_and_long_code():
     shown = {**noisy[5], "classes": "cell tag_shows-error docutils container"}
     assert noise_in([shown]) == []
     known = re.compile(r"^\(raylet\) A worker died.*$", re.MULTILINE)
-    assert noise_in(noisy[:1], known) == [] and noise_in(noisy[1:2], known)
+    assert noise_in(noisy[:1], (known,)) == []
+    assert noise_in(noisy[1:2], (known,))
     failed_load = (
         "(raylet) Traceback (most recent call last):\n  File ...\n"
         "ModuleNotFoundError: No module named '2887527635'\n"
@@ -338,13 +358,21 @@ def test_noise_in_finds_log_lines_tracebacks_warnings_and_long_code():
         "(raylet) Task train_linear failed. There are 3 retries remaining, so the "
         "task will be retried. Error: \n"
     )
-    in_13 = TOLERATED["notebooks/13_raydp.html"]
+    in_13 = tolerated_on("notebooks/13_raydp.html")
     assert noise_in([{**quiet, "outputs": failed_load}], in_13) == []
     assert noise_in([{**quiet, "outputs": failed_load + noisy[5]["outputs"]}], in_13)
+    died = (
+        "(raylet) A worker died or was killed while executing a task by an unexpected "
+        "system error. Worker exit detail: Worker unexpectedly exits"
+    )
+    anywhere = tolerated_on("notebooks/00_live_cluster.html")
+    assert noise_in([{**quiet, "outputs": died}], anywhere) == []
+    with_traceback = died + " Traceback (most recent call last):"
+    assert noise_in([{**quiet, "outputs": with_traceback}], anywhere)
 
 
 def open_page(
-    browser, url: str, tolerated: re.Pattern | None = None
+    browser, url: str, tolerated: tuple[re.Pattern, ...] = ()
 ) -> tuple[dict[str, list[str]], int]:
     """Open ``url``; what went wrong (requests to other hosts, console errors, bad
     figures, noise in a cell) and the figure count."""
@@ -386,7 +414,7 @@ def test_every_page_renders_offline_without_errors(browser, built_book):
     with serving(built_book) as served:
         for page in pages(built_book):
             problems[page], count = open_page(
-                browser, f"{served}/{page}", TOLERATED.get(page)
+                browser, f"{served}/{page}", tolerated_on(page)
             )
             figures += count
     problems = {page: found for page, found in problems.items() if found}

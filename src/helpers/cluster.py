@@ -289,11 +289,7 @@ class LiveCluster:
             self._own_storage.cleanup()
             self._own_storage = None
         if self._local is not None:
-            raylets = [
-                child.pid
-                for child in psutil.Process().children(recursive=True)
-                if child.name() == "raylet"
-            ]
+            raylets = _raylet_pids()
             self._local.shutdown()
             remove_channel_semaphores(raylets)
             self._local = None
@@ -527,6 +523,18 @@ def _reload_ray_settings() -> None:
     """Make Ray re-read its settings and token, which it caches from the environment."""
     Config.initialize("")
     AuthenticationTokenLoader.instance().reset_cache()
+
+
+def _raylet_pids() -> list[int]:
+    """The pids of the raylets this process started, the nodes of its local cluster."""
+    pids = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if child.name() == "raylet":
+                pids.append(child.pid)
+        except psutil.NoSuchProcess:  # it exited after it was listed
+            pass
+    return pids
 
 
 def remove_channel_semaphores(raylet_pids: list[int]) -> None:
