@@ -30,8 +30,8 @@ import psutil
 import ray
 
 import helpers
+from booktools.run import execute
 from helpers.machines import SimulatedCluster, unavailable_reason
-from helpers.run import execute
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))

@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 import helpers
-from helpers import ledger
+from booktools import ledger
 from helpers.results import declared_claims, unaccounted_claims
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -20,7 +20,7 @@ import yaml
 from conftest import ROOT, TOOLS, check_records, toc_notebooks
 from listeners import ListenerSampler
 
-from helpers import ledger
+from booktools import ledger
 
 HTML = ROOT / "_build" / "html"
 pytestmark = pytest.mark.book

@@ -26,10 +26,10 @@ from ray.util import ActorPool
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 import helpers
+from booktools.run import NotebookFailed, execute
 from helpers import checks
 from helpers.internals import object_locations
 from helpers.network import addresses_of_actors, spark_executor_addresses
-from helpers.run import NotebookFailed, execute
 from helpers.store import (
     bytes_stored_by,
     held_sizes,

@@ -16,19 +16,16 @@ import pytest
 from conftest import toc_notebooks as book_notebooks
 
 import helpers
-from helpers import gpu, results
-from helpers.book import RecordRenderer, public_repository_url
-from helpers.isolated import run_isolated, unavailable_reason
-from helpers.ledger import Chapter, central_claims, toc_notebooks
-from helpers.lines import (
+from booktools.extension import RecordRenderer, public_repository_url
+from booktools.ledger import Chapter, central_claims, toc_notebooks
+from booktools.lines import (
     code_lines,
     integration_lines,
     package_files,
     package_lines,
     ray_features,
 )
-from helpers.network import exposed, is_loopback, listening_addresses
-from helpers.run import (
+from booktools.run import (
     MissingKernel,
     NotebookFailed,
     UnknownParameter,
@@ -36,6 +33,9 @@ from helpers.run import (
     execute,
     main,
 )
+from helpers import gpu, results
+from helpers.isolated import run_isolated, unavailable_reason
+from helpers.network import exposed, is_loopback, listening_addresses
 
 
 def test_measure_prints_outside_a_notebook(capsys):

@@ -91,7 +91,7 @@ def code_without_comments_or_strings(source: str) -> str:
 def sources() -> list[tuple[str, str]]:
     found = [
         (path.name, path.read_text())
-        for folder in ("src/helpers", "tests", "benchmarks")
+        for folder in ("src", "tests", "benchmarks")
         for path in sorted((ROOT / folder).rglob("*.py"))
         if path.name not in ("internals.py", "test_internals.py")
     ]

@@ -20,10 +20,10 @@ import pytest
 from conftest import ROOT, check_records, toc_notebooks, wait_until_gone
 from listeners import ListenerSampler
 
+from booktools.run import NotebookFailed, declared_parameters, execute
 from helpers.gpu import visible_gpus
 from helpers.machines import SimulatedCluster, unavailable_reason
 from helpers.results import records_in
-from helpers.run import NotebookFailed, declared_parameters, execute
 
 NOTEBOOKS = toc_notebooks()
 RUN_TIMEOUT_S = 1500
@@ -113,7 +113,7 @@ def test_notebook_on_separate_machines(notebook, machines, tmp_path):
     if "storage_path" in declared_parameters(notebook):
         parameters["storage_path"] = storage
     output = tmp_path / notebook.name
-    command = [sys.executable, "-m", "helpers.run", str(notebook), "-o", str(output)]
+    command = [sys.executable, "-m", "booktools.run", str(notebook), "-o", str(output)]
     for name, value in parameters.items():
         command += ["-p", name, json.dumps(value)]
     try:

@@ -12,8 +12,8 @@ import pytest
 import yaml
 from conftest import ROOT, TOOLS, toc_notebooks
 
-from helpers.lines import integration_lines
-from helpers.run import declared_parameters
+from booktools.lines import integration_lines
+from booktools.run import declared_parameters
 
 ALL_NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 COMMON_PARAMETERS = {"ray_address", "use_gpu", "smoke"}
@@ -334,12 +334,12 @@ def test_the_commands_the_cluster_page_gives_name_real_notebooks_and_parameters(
     ).read_text()
     page = re.sub(r"\\\n\s*", "", page)  # continued lines joined
     commands = re.findall(
-        r"(ray job submit .*)?python -m helpers\.run (notebooks/\S+\.ipynb)"
+        r"(ray job submit .*)?python -m booktools\.run (notebooks/\S+\.ipynb)"
         r"((?: -p \S+ \S+)+)",
         page,
     )
     assert any(submit for submit, _, _ in commands), (
-        "no `ray job submit ... helpers.run` command found"
+        "no `ray job submit ... booktools.run` command found"
     )
     for submit, notebook, options in commands:
         given = set(re.findall(r"-p (\S+) ", options + " "))

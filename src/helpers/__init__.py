@@ -1,5 +1,8 @@
 """Helpers shared by every notebook of Ray Library Patterns.
 
+What builds and tests the book (the runner, the Sphinx hooks, the ledger, line
+counting) is in :mod:`booktools`, apart.
+
 * :mod:`helpers.cluster`: start or join a live cluster, check a request fits.
 * :mod:`helpers.results`: record measurements and claims for the tests.
 * :mod:`helpers.checks`: the checks behind each chapter's central claim, which the
@@ -17,7 +20,6 @@
 * :mod:`helpers.gpu`: find a CUDA GPU, fall back to the CPU.
 * :mod:`helpers.internals`: the private and experimental APIs of Ray the book uses, the
   only module that reaches them (tests/test_internals.py checks both).
-* :mod:`helpers.run`: execute a notebook with parameters, unattended.
 """
 
 from helpers.cluster import (

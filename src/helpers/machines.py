@@ -23,7 +23,7 @@ the test run that started it is killed.
 
     # not under /tmp: each node has its own
     with SimulatedCluster("/var/tmp/shared") as machines:
-        machines.run([sys.executable, "-m", "helpers.run", "notebooks/33_modin.ipynb",
+        machines.run([sys.executable, "-m", "booktools.run", "notebooks/33_modin.ipynb",
                       "-p", "ray_address", machines.address,
                       "-p", "storage_path", "/var/tmp/shared"])
 

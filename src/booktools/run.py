@@ -2,7 +2,7 @@
 
 The tests and the benchmark script use this; so can you::
 
-    python -m helpers.run notebooks/00_live_cluster.ipynb -p smoke true
+    python -m booktools.run notebooks/00_live_cluster.ipynb -p smoke true
 
 Papermill only warns about a parameter the notebook does not declare, and the
 notebook then runs with its default: a typo silently changes the experiment.

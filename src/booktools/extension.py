@@ -21,10 +21,11 @@
   the build starts, and leaves the two buttons out when that is not a GitHub
   or GitLab repository (a copy made from a local clone, an unpacked archive).
 * No outputs of older code. Jupyter Book keeps a notebook's execution until
-  the notebook changes, but a chapter's results depend on ``helpers`` and on
-  the installed packages too. :func:`_forget_outdated_executions` empties the
-  cache when either has changed since it was filled, so the book and its
-  ledger never show what older code did.
+  the notebook changes, but a chapter's results depend on ``helpers`` (and
+  :mod:`booktools.lines`) and on the installed packages too.
+  :func:`_forget_outdated_executions` empties the cache when either has
+  changed since it was filled, so the book and its ledger never show what
+  older code did.
 """
 
 from __future__ import annotations
@@ -132,8 +133,9 @@ def _launch_from_origin(app: Any, config: Any) -> None:
         options["launch_buttons"] = {}
 
 
-# What every chapter's execution depends on besides the notebook itself.
-EXECUTION_INPUTS = ("src/helpers/*.py", "requirements*.lock")
+# What every chapter's execution depends on besides the notebook itself: the helpers,
+# the line counting that three chapters import, and the locks.
+EXECUTION_INPUTS = ("src/helpers/*.py", "src/booktools/lines.py", "requirements*.lock")
 
 
 def inputs_digest(root: Path) -> str:
