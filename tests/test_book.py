@@ -235,8 +235,8 @@ return Array.from(document.querySelectorAll("div.cell")).map(cell => ({
 
 # What a reader should not meet in a cell's outputs: Ray's log lines (its logger's
 # format, and the lines it forwards from workers and raylets, prefixed with the
-# process), Python tracebacks and warnings. A chapter that shows an error on purpose
-# tags that cell "shows-error".
+# process), Python tracebacks and warnings, and records other than checks. A chapter
+# that shows an error on purpose tags that cell "shows-error".
 NOISE = {
     "Ray log line": re.compile(
         r"^\s*\((raylet|pid=\d+|[\w.:-]+ pid=\d+)[^)]*\)"
@@ -246,6 +246,8 @@ NOISE = {
     ),
     "traceback": re.compile(r"Traceback \(most recent call last\)"),
     "warning": re.compile(r"^.*\b\w*Warning: |^WARNING\b", re.MULTILINE),
+    # The page shows a chapter's checks; its measurements are in the results ledger.
+    "record that is not a check": re.compile(r"^(measured|machine)  \S", re.MULTILINE),
 }
 SHOWS_ERROR = "tag_shows-error"
 # Lines that Ray's error listener prints into a page although nothing the chapter did
@@ -343,6 +345,7 @@ def test_noise_in_finds_log_lines_tracebacks_warnings_and_long_code():
         {**quiet, "outputs": "Traceback (most recent call last):\n  File ..."},
         {**quiet, "outputs": "/x.py:3: FutureWarning: this will change"},
         {**quiet, "code": "x = " + "1" * 90},
+        {**quiet, "outputs": "measured  ray.get of 1 MB = 0.5 ms"},
     ]
     assert noise_in([quiet]) == []
     assert all(noise_in([cell]) for cell in noisy)

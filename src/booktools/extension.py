@@ -1,11 +1,14 @@
 """Five hooks into the book's build.
 
-* How a record is shown: by its plain-text line. Jupyter Book (through
-  myst-nb) renders every MIME type in an output before it picks one, and warns
-  about types it does not know; the book is built with warnings as errors.
-  :class:`RecordRenderer`, registered in pyproject.toml under
-  ``myst_nb.mime_renderers``, claims the record type and ranks it out, so the
-  page shows the record's "measured ..." or "claim holds ..." line.
+* How a record is shown: a check by its line, the rest not at all. Jupyter
+  Book (through myst-nb) warns about MIME types it does not know, and the
+  book is built with warnings as errors. :class:`RecordRenderer`, registered
+  in pyproject.toml under ``myst_nb.mime_renderers``, claims the record type:
+  a claim, or a claim not checked, shows as its "claim holds ..." line; a
+  measurement or the machine shows nothing on the page, since the results
+  ledger lists them all and the page's own lines and figures give the numbers.
+  :class:`DropEmptyOutputs` removes the output box of a cell that showed
+  nothing else.
 * When the results ledger is read: last, on every build. The ledger page
   reads every notebook's latest execution from the cache, so it must come
   after them. :func:`setup` makes this module a Sphinx extension
@@ -30,34 +33,67 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import re
 import shutil
 import subprocess
 from pathlib import Path
 from typing import Any, ClassVar
 
-from helpers.results import MIME_TYPE
+from docutils import nodes
+from sphinx.transforms.post_transforms import SphinxPostTransform
+
+from helpers.results import MIME_TYPE, SHOWN_ON_THE_PAGE, record_line
 
 
 class RecordRenderer:
     """A myst-nb MIME renderer plugin for :data:`helpers.results.MIME_TYPE`."""
 
-    mime_priority_overrides: ClassVar[list[tuple[str, str, None]]] = [
-        ("*", MIME_TYPE, None)
+    # First choice for an output that holds a record, whatever else it holds.
+    mime_priority_overrides: ClassVar[list[tuple[str, str, int]]] = [
+        ("*", MIME_TYPE, 1)
     ]
 
     @staticmethod
     def handle_mime(renderer: Any, data: Any, inline: bool) -> list | None:
-        """Render the JSON record as nothing; None leaves other types to myst-nb."""
-        return [] if data.mime_type == MIME_TYPE else None
+        """A check as its line of text, any other record as nothing; None leaves
+        other types to myst-nb."""
+        if data.mime_type != MIME_TYPE:
+            return None
+        record = data.content
+        if isinstance(record, (str, bytes)):
+            record = json.loads(record)
+        if record["kind"] not in SHOWN_ON_THE_PAGE:
+            # Not nothing: myst-nb drops a type that renders to no node, and would
+            # show the output's text line instead. A comment shows nothing.
+            return [nodes.comment()]
+        line = dataclasses.replace(
+            data, mime_type="text/plain", content=record_line(record)
+        )
+        return renderer.render_text_plain(line)
+
+
+class DropEmptyOutputs(SphinxPostTransform):
+    """A cell whose outputs were all records that the page does not show keeps no
+    empty output box."""
+
+    default_priority = 10  # after myst-nb has chosen each output's MIME type
+
+    def run(self, **kwargs: Any) -> None:
+        for box in list(self.document.findall(nodes.container)):
+            hidden = all(isinstance(child, nodes.comment) for child in box.children)
+            if "cell_output" in box["classes"] and hidden:
+                box.parent.remove(box)
 
 
 LEDGER = "book/ledger"
 
 
 def setup(app: Any) -> dict[str, Any]:
-    """Register the ledger's ordering with Sphinx."""
+    """Register the hooks with Sphinx."""
+    app.add_post_transform(DropEmptyOutputs)
     app.connect("config-inited", _launch_from_origin)
     app.connect("config-inited", _forget_outdated_executions)
     app.connect("env-get-outdated", _ledger_is_always_outdated)

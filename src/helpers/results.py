@@ -1,5 +1,7 @@
 """Record what a notebook measured and what it claims, where tests can read it back.
 
+Every notebook records through :func:`helpers.claim` and :func:`helpers.measure`.
+
 Each record is displayed as an output with its own MIME type, holding JSON,
 beside a plain-text line for people. The executed notebook therefore carries
 its own results: the tests, the benchmark script and the results ledger all
@@ -38,11 +40,6 @@ def measure(
     value = float(value)
     if not math.isfinite(value):
         raise ValueError(f"Measurement {name!r} is not a finite number: {value}")
-    text = (
-        f"measured  {name} = {value:.4g} {unit}"
-        + (f"  ({note})" if note else "")
-        + (f"  [against {compared_to}]" if compared_to else "")
-    )
     _emit(
         {
             "kind": "measurement",
@@ -51,8 +48,7 @@ def measure(
             "unit": unit,
             "note": note,
             "compared_to": compared_to,
-        },
-        text,
+        }
     )
 
 
@@ -61,10 +57,6 @@ def machine(
 ) -> None:
     """Record what the notebook ran on: the machine, and the cluster it started or
     joined."""
-    text = (
-        f"machine  {cpus} CPUs, {memory_gib:.1f} GiB, Ray {ray_version}; "
-        f"cluster {cluster}, {gpus:g} GPUs"
-    )
     _emit(
         {
             "kind": "machine",
@@ -73,8 +65,7 @@ def machine(
             "gpus": gpus,
             "ray_version": ray_version,
             "cluster": cluster,
-        },
-        text,
+        }
     )
 
 
@@ -92,10 +83,7 @@ def claim(name: str, holds: bool, detail: str) -> None:
             "compare explicitly (len(found) > 0, value is not None)"
         )
     holds = bool(holds)
-    _emit(
-        {"kind": "claim", "name": name, "holds": holds, "detail": detail},
-        f"{'claim holds' if holds else 'CLAIM FAILED'}  {name}: {detail}",
-    )
+    _emit({"kind": "claim", "name": name, "holds": holds, "detail": detail})
     if not holds:
         raise ClaimFailed(f"{name}: {detail}")
 
@@ -104,10 +92,7 @@ def not_checked(name: str, because: str) -> None:
     """Record that a declared claim was not checked on this run, and why."""
     if not because:
         raise ValueError(f"not_checked({name!r}): say why the claim was not checked")
-    _emit(
-        {"kind": "not checked", "name": name, "because": because},
-        f"not checked  {name}: {because}",
-    )
+    _emit({"kind": "not checked", "name": name, "because": because})
 
 
 def declared_claims(notebook: dict) -> dict[str, dict[str, str]]:
@@ -178,13 +163,41 @@ def records_in(notebook: dict) -> list[dict[str, Any]]:
     return found
 
 
-def _emit(record: dict[str, Any], text: str) -> None:
+def record_line(record: dict[str, Any]) -> str:
+    """A record as one line for people: what a notebook shows where it runs."""
+    kind, name = record["kind"], record.get("name", "")
+    if kind == "measurement":
+        note, against = record.get("note"), record.get("compared_to")
+        return (
+            f"measured  {name} = {record['value']:.4g} {record['unit']}"
+            + (f"  ({note})" if note else "")
+            + (f"  [against {against}]" if against else "")
+        )
+    if kind == "machine":
+        return (
+            f"machine  {record['cpus']} CPUs, {record['memory_gib']:.1f} GiB, "
+            f"Ray {record['ray_version']}; cluster {record['cluster']}, "
+            f"{record['gpus']:g} GPUs"
+        )
+    if kind == "claim":
+        verdict = "claim holds" if record["holds"] else "CLAIM FAILED"
+        return f"{verdict}  {name}: {record['detail']}"
+    return f"not checked  {name}: {record['because']}"
+
+
+# What the rendered book shows of the records: the checks. Measurements and the
+# machine go to the results ledger and the tests; the page's own lines and figures
+# show the numbers.
+SHOWN_ON_THE_PAGE = ("claim", "not checked")
+
+
+def _emit(record: dict[str, Any]) -> None:
     try:
         from IPython import get_ipython
         from IPython.display import display
     except ImportError:
         get_ipython = None  # noqa: N806
     if get_ipython is not None and get_ipython() is not None:
-        display({MIME_TYPE: record, "text/plain": text}, raw=True)
+        display({MIME_TYPE: record, "text/plain": record_line(record)}, raw=True)
     else:
-        print(text)
+        print(record_line(record))
