@@ -3,6 +3,7 @@ helpers.store counts."""
 
 from __future__ import annotations
 
+import os
 import re
 import time
 
@@ -183,3 +184,35 @@ def test_a_large_argument_is_stored_once_per_call_and_a_reference_never(cluster)
         lambda closed: [length.remote(reference, closed) for _ in range(3)]
     )
     assert (by_value, by_reference, lengths) == (3, 0, [200_000] * 3)
+
+
+def test_a_killed_actors_cpu_is_awaited_and_a_worker_killed_on_cue(cluster):
+    """helpers.faults kills the worker its progress names, once; the cluster's
+    CPUs are then seen free again."""
+    from helpers.faults import KillWhen, ProgressLog
+
+    @ray.remote(num_cpus=1)
+    class Worker:
+        def work(self, log, steps: int) -> None:
+            for step in range(steps):
+                log.record.remote(
+                    step=step,
+                    pid=os.getpid(),
+                    node=ray.get_runtime_context().get_node_id(),
+                )
+                time.sleep(0.2)
+
+    log = ProgressLog.remote()
+    killer = KillWhen(
+        log, due=lambda rows: len(rows) >= 3, victim=lambda rows: rows[-1]
+    )
+    worker = Worker.remote()
+    killer.start()
+    with pytest.raises(ray.exceptions.RayActorError):
+        ray.get(worker.work.remote(log, 100), timeout=60)
+    killer.stop()
+    steps = ray.get(log.read.remote())
+    assert killer.killed["pid"] == steps[0]["pid"]
+    assert 3 <= killer.killed["step"] + 1 <= len(steps) < 100
+    cluster.wait_for_free_cpus(timeout_s=30)
+    assert ray.available_resources()["CPU"] == ray.cluster_resources()["CPU"]

@@ -547,12 +547,26 @@ def test_the_command_line_refuses_an_unknown_parameter(tmp_path, capsys):
     assert "no parameter 'sise'" in capsys.readouterr().err
 
 
-def test_the_book_renders_records_by_their_text_line():
-    record = type("MimeData", (), {"mime_type": results.MIME_TYPE})()
-    other = type("MimeData", (), {"mime_type": "text/plain"})()
-    assert RecordRenderer.handle_mime(None, record, False) == []
-    assert RecordRenderer.handle_mime(None, other, False) is None
-    assert ("*", results.MIME_TYPE, None) in RecordRenderer.mime_priority_overrides
+def test_the_book_shows_a_check_by_its_line_and_other_records_not_at_all():
+    from myst_nb.core.render import MimeData
+
+    class Page:  # myst-nb's renderer, as far as the plugin uses it
+        def render_text_plain(self, data):
+            return [(data.mime_type, data.string)]
+
+    claim = {"kind": "claim", "name": "n", "holds": True, "detail": "3 of 3"}
+    measurement = {"kind": "measurement", "name": "t", "value": 1.0, "unit": "s"}
+    shown = RecordRenderer.handle_mime(
+        Page(), MimeData(results.MIME_TYPE, claim), False
+    )
+    assert shown == [("text/plain", results.record_line(claim))]
+    assert "claim holds  n: 3 of 3" in shown[0][1]
+    hidden = MimeData(results.MIME_TYPE, json.dumps(measurement))
+    [comment] = RecordRenderer.handle_mime(Page(), hidden, False)
+    assert comment.tagname == "comment" and not comment.astext()
+    other = MimeData("text/plain", "a line")
+    assert RecordRenderer.handle_mime(Page(), other, False) is None
+    assert ("*", results.MIME_TYPE, 1) in RecordRenderer.mime_priority_overrides
 
 
 @pytest.mark.parametrize(
@@ -572,3 +586,30 @@ def test_the_book_renders_records_by_their_text_line():
 )
 def test_launch_buttons_need_a_github_or_gitlab_remote(remote, url):
     assert public_repository_url(remote) == url
+
+
+def test_the_disk_watch_sorts_a_file_by_the_first_folder_that_holds_it(tmp_path):
+    from helpers.disk import DiskWatch
+
+    session, records = tmp_path / "session", tmp_path / "session" / "artifacts"
+    records.mkdir(parents=True)
+    (records / "trial.json").write_text("{}")
+    (session / "raylet.out").write_text("log")
+    (tmp_path / "data.parquet").write_bytes(b"x" * 10)
+    cluster = type("Cluster", (), {"address": "unused"})()
+    kinds = {str(records): "records", str(session): "logs"}
+    watch = DiskWatch(cluster, kinds, also_under=[str(tmp_path)])
+    found = {Path(p).name: watch.kind_of(p) for p in watch.file_sizes()}
+    assert found == {
+        "trial.json": "records",
+        "raylet.out": "logs",
+        "data.parquet": "other files",
+    }
+    assert watch.kind_of("/tmp/ray_spilled_objects/x") == "spill files"
+
+
+def test_a_dask_key_names_its_layer():
+    from helpers.dask_objects import layer_of
+
+    assert layer_of(("chunk_sum-3f2a9c", 0, 1)) == "chunk_sum"
+    assert layer_of("mean_agg-aggregate-77be") == "mean_agg-aggregate"

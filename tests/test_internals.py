@@ -34,7 +34,9 @@ USED = [
     "ray._private.ray_microbenchmark_helpers.timeit",
 ]
 PRIVATE = re.compile(
-    r"ray\._private|ray\._raylet|global_worker|core_worker|ray\.experimental|\._jsc\b"
+    r"ray\._private|ray\._raylet|global_worker|core_worker|ray\.experimental"
+    r"|\._jsc\b"  # Spark's Java handle
+    r"|\._to_pandas\b|\._query_compiler\b"  # Modin's private conversions
 )
 # Chapters whose subject is an experimental API call it by name (and so do their
 # controls).

@@ -149,24 +149,34 @@ def ray_features(source: str) -> list[str]:
     ]
 
 
-def integration_table(
-    integrations: list[tuple[str, str, str | None]], notebooks: str | Path
-):
-    """A table of what each integration costs: our tagged lines, and the library's Ray
-    module.
+# The book's one list of its integrations, beside the notebooks.
+INTEGRATIONS_FILE = "integrations.yml"
 
-    ``integrations`` lists (name, notebook file stem, library module for Ray or None).
-    """
+
+def integrations(notebooks: str | Path) -> list[dict]:
+    """Every integration the book shows, as ``notebooks/integrations.yml`` lists them:
+    name, notebook, level, the library's module for Ray (or None), the Ray features
+    it uses, and what a scan of the code cannot see."""
+    import yaml
+
+    return yaml.safe_load((Path(notebooks) / INTEGRATIONS_FILE).read_text())
+
+
+def integration_table(level: int, notebooks: str | Path):
+    """What each integration of one level costs, for that level's page: our tagged
+    lines, and the lines of the library's module for Ray (those of the part "Ray
+    since the article" left out)."""
     import pandas as pd
 
     rows = [
         (
-            name,
-            integration_lines(Path(notebooks) / f"{stem}.ipynb"),
-            module or "(none: our code is all of it)",
-            package_lines(module) if module else 0,
+            entry["name"],
+            integration_lines(Path(notebooks) / f"{entry['notebook']}.ipynb"),
+            entry["module"] or "(none: our code is all of it)",
+            package_lines(entry["module"]) if entry["module"] else 0,
         )
-        for name, stem, module in integrations
+        for entry in integrations(notebooks)
+        if entry["level"] == level and not entry.get("since_the_article")
     ]
     columns = ["integration", "our lines", "library's module for Ray", "its lines"]
     return pd.DataFrame(rows, columns=columns).set_index("integration")

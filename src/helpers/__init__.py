@@ -10,6 +10,9 @@ counting) is in :mod:`booktools`, apart.
 * :mod:`helpers.timing`: repeat, median, spread; bound a call that may hang.
 * :mod:`helpers.store`: count the objects that calls put into the store, and what each
   node's store takes in while a step runs.
+* :mod:`helpers.faults`: kill a worker mid-run, when its progress says so (chapter 11).
+* :mod:`helpers.disk`: what each stage of a pipeline wrote to files (chapter 50).
+* :mod:`helpers.dask_objects`: the Ray objects a Dask computation made (chapter 34).
 * :mod:`helpers.network`: which addresses a process listens on.
 * :mod:`helpers.torch_group`: a ``torch.distributed`` group among Ray actors.
 * :mod:`helpers.isolated`: a multi-address cluster in a private network.

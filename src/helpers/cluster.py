@@ -21,6 +21,7 @@ import os
 import secrets
 import socket
 import tempfile
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -264,6 +265,21 @@ class LiveCluster:
             f"it has {len(nodes)} node(s) with {have}. Ask for fewer or smaller "
             "workers, or start the cluster with more nodes (worker_nodes=...)."
         )
+
+    def wait_for_free_cpus(self, timeout_s: float = 30) -> None:
+        """Wait until every CPU of the cluster is free again (chapters 00, 20, 40).
+
+        ``ray.kill`` and a finished task return before Ray frees their CPUs, and the
+        scheduler places the next work on what it sees free: a node whose CPU still
+        looks busy is skipped, and a timing would include the wait.
+        """
+        deadline = time.monotonic() + timeout_s
+        while ray.available_resources().get("CPU", 0) < ray.cluster_resources().get(
+            "CPU", 0
+        ):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"CPUs still busy after {timeout_s} s")
+            time.sleep(0.05)
 
     def kill_node(self, node_id: str) -> None:
         """Kill every process of a worker node, as a crashed machine would lose them.

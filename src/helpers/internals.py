@@ -9,6 +9,9 @@ notebooks or the tests reaches into ``ray._private``, ``ray._raylet``, the core 
 ``ray.experimental`` or Spark's Java handle; the same test holds them to that. Two
 chapters are the exception, because an experimental API is their subject: 60 and 61
 call ``ray.experimental.collective`` and direct transport by their own names.
+
+Chapters 13, 20, 32, 33, 34 and 35 import from it directly; the rest of ``helpers``
+uses it for them.
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@
 A Level 1 library brings its own network stack: Ray's token authentication
 does not cover the sockets Horovod or Spark open. The notebooks check those
 sockets the same way the tests check Ray's.
+
+Used by chapters 10, 11, 12, 13, 24, 35, 60 and 61.
 """
 
 from __future__ import annotations

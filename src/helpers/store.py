@@ -5,6 +5,9 @@ own, one per call, owned by the driver and freed as soon as the call is
 done. To count those objects we hold the calls back behind a closed gate
 (an actor call that does not return until we open it), count what the
 driver came to own, and open the gate.
+
+Used by chapters 20, 21, 30, 31, 32, 33, 35, 36, 40, 50, 60, 61 and 63; each
+function's docstring names its own.
 """
 
 from __future__ import annotations
@@ -270,3 +273,49 @@ def spill_counters(address: str) -> dict[str, float]:
         found[f"{kind.lower()} MiB"] = float(match.group(1)) if match else 0.0
         found[f"{kind.lower()} objects"] = float(match.group(2)) if match else 0.0
     return found
+
+
+def stored_size(address: str, object_hex: str) -> int:
+    """An object's size as Ray's state API reports it, 0 once no process refers to it
+    (chapter 30). The state API needs the cluster's dashboard."""
+    from ray.util.state import list_objects
+
+    found = list_objects(
+        address=address,
+        filters=[("object_id", "=", object_hex)],
+        detail=True,
+        raise_on_missing_output=False,
+    )
+    # One row per process that refers to it.
+    return max((o.object_size or 0 for o in found), default=0)
+
+
+def seconds_until_unreferenced(
+    address: str, object_hex: str, timeout_s: float = 30
+) -> float:
+    """Poll the state API every 0.1 s until no process refers to the object
+    (chapter 30); the seconds it took."""
+    start = time.perf_counter()
+    while stored_size(address, object_hex):
+        if time.perf_counter() - start > timeout_s:
+            raise TimeoutError(
+                f"object {object_hex} still referred to after {timeout_s} s"
+            )
+        time.sleep(0.1)
+    return time.perf_counter() - start
+
+
+def nodes_holding(
+    ref: ray.ObjectRef, at_least: int = 2, timeout_s: float = 10
+) -> set[str]:
+    """The IDs of the nodes whose stores hold a copy of the object (chapter 30).
+
+    A node that pulled a copy reports it to the object's owner a moment later, so
+    this waits, up to ``timeout_s``, until ``at_least`` nodes are known.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = set(object_locations([ref])[ref]["node_ids"])
+        if len(found) >= at_least or time.monotonic() > deadline:
+            return found
+        time.sleep(0.05)

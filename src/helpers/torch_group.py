@@ -1,7 +1,7 @@
 """A ``torch.distributed`` process group among Ray actors, its store on one address.
 
-Chapter 10 builds this step by step; chapters that need a group as given call these
-two functions inside their rank actors: rank 0 first opens the rendezvous, then
+Chapter 10 builds this step by step; chapters that need a group as given (22) call
+these two functions inside their rank actors: rank 0 first opens the rendezvous, then
 every rank joins at the address it returned.
 """
 
