@@ -25,9 +25,10 @@ import ray
 # environment; no public call makes it read them again.
 from ray._private import ray_constants
 
-# The store's counters per node (store.py): Ray's public route to them is its metrics,
-# served in Prometheus' format by each node's agent over HTTP; the raylets answer these
-# calls directly.
+# The store's counters per node, spilling among them (store.py): Ray's public route to
+# them is its metrics, served in Prometheus' format by each node's agent. A raylet
+# reports them every 10 s (metrics_report_interval_ms), too seldom to count what one
+# step created or spilled; the raylets answer these calls at once.
 from ray._private.internal_api import (
     get_memory_info_reply,
     get_state_from_address,
@@ -72,8 +73,10 @@ __all__ = [
 def reference_counts() -> dict[str, Any]:
     """The references this process holds, by object ID (store.py: counting objects).
 
-    The state API lists objects cluster-wide, through the dashboard; only the core
-    worker knows, at once and without one, what this driver holds.
+    The public route, ``ray.util.state.list_objects``, needs the dashboard's state
+    module, which Ray does not load when the dashboard is off (``include_dashboard``,
+    ``services.start_api_server``), as on the book's clusters and the simulated
+    machines; the core worker knows at once, and without one, what this driver holds.
     """
     return global_worker.core_worker.get_all_reference_counts()
 
