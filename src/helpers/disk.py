@@ -78,8 +78,8 @@ class DiskWatch:
         start = time.perf_counter()
         yield
         seconds = time.perf_counter() - start
-        written = dict.fromkeys([*dict.fromkeys(self.kinds.values()), SPILL_FILES], 0)
-        written[OTHER_FILES] = 0
+        kinds = [*dict.fromkeys(self.kinds.values()), SPILL_FILES, OTHER_FILES]
+        written = dict.fromkeys(kinds, 0)
         others = []  # the files that would be data on disk, to name them
         for path, size in self.file_sizes().items():
             grown = max(0, size - sizes.get(path, 0))

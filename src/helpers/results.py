@@ -185,12 +185,6 @@ def record_line(record: dict[str, Any]) -> str:
     return f"not checked  {name}: {record['because']}"
 
 
-# What the rendered book shows of the records: the checks. Measurements and the
-# machine go to the results ledger and the tests; the page's own lines and figures
-# show the numbers.
-SHOWN_ON_THE_PAGE = ("claim", "not checked")
-
-
 def _emit(record: dict[str, Any]) -> None:
     try:
         from IPython import get_ipython
