@@ -43,6 +43,10 @@ QUIET = logging.WARNING
 # session's log files, under session_dir/logs, and is not copied onto the page. Ray
 # still prints the errors it pushes to the driver (a worker that died, say).
 CONNECT_QUIETLY = dict(logging_level=QUIET, log_to_driver=False)
+# Ray's setting for the line a process prints each time a task it submitted failed and
+# will be retried ("Task ... failed. There are infinite retries remaining ..."); Ray
+# reads it from the environment when the process connects.
+RETRY_REPORTS = "RAY_enable_output_error_log_if_still_retry"
 
 
 class InfeasibleRequest(ValueError):
@@ -91,6 +95,7 @@ class Settings:
         ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR,
         "RAY_AUTH_MODE",
         "RAY_AUTH_TOKEN",
+        RETRY_REPORTS,
     )
 
     @classmethod
@@ -340,6 +345,7 @@ def start_or_join(
     runtime_env: dict[str, Any] | None = None,
     storage_path: str | None = None,
     quiet: bool = False,
+    report_retries: bool = True,
 ) -> LiveCluster:
     """Connect this process to a Ray cluster, print what it has and record the machine.
 
@@ -358,6 +364,10 @@ def start_or_join(
     ``storage_path`` is a folder every node shares (see :attr:`LiveCluster.storage`).
     ``dashboard`` says that the chapter reads Ray's state API: a cluster started
     here runs the dashboard, and a joined one without it is refused at once.
+    ``report_retries=False`` stops this driver from printing a line for each task it
+    submitted that failed and will be retried. Serve's shutdown makes two such lines
+    (chapters 24 and 36): it ends by killing its controller while the driver still
+    waits on two of the controller's calls, which Serve gave infinite retries.
 
     Calling it again with the same arguments returns the cluster already
     running (a setup cell may be re-run); with other arguments it stops that
@@ -393,7 +403,10 @@ def start_or_join(
         )
     settings_before = Settings.save()
     try:
-        cluster = _join(address, runtime_env) if address else _start(spec, runtime_env)
+        if address:
+            cluster = _join(address, runtime_env, report_retries)
+        else:
+            cluster = _start(spec, runtime_env, report_retries)
     except BaseException:
         settings_before.restore()
         raise
@@ -421,7 +434,9 @@ def start_or_join(
     return cluster
 
 
-def _join(address: str, runtime_env: dict[str, Any] | None) -> LiveCluster:
+def _join(
+    address: str, runtime_env: dict[str, Any] | None, report_retries: bool
+) -> LiveCluster:
     if address.startswith("ray://"):
         raise ValueError(
             f"{address!r} is a Ray Client address. The chapters need a driver on a "
@@ -449,6 +464,7 @@ def _join(address: str, runtime_env: dict[str, Any] | None) -> LiveCluster:
         # says so.
         os.environ["RAY_AUTH_MODE"] = "token"
         _reload_ray_settings()
+    _report_retries(report_retries)
     # An explicit address, always: with none, ray.init attaches to whatever
     # cluster was started last on this machine.
     context = ray.init(address=address, runtime_env=runtime_env, **CONNECT_QUIETLY)
@@ -457,7 +473,9 @@ def _join(address: str, runtime_env: dict[str, Any] | None) -> LiveCluster:
     return cluster
 
 
-def _start(spec: ClusterSpec, runtime_env: dict[str, Any] | None) -> LiveCluster:
+def _start(
+    spec: ClusterSpec, runtime_env: dict[str, Any] | None, report_retries: bool
+) -> LiveCluster:
     # Before ray.init too: starting the nodes logs.
     logging.getLogger("ray").setLevel(QUIET)
     _advertise_loopback(True)
@@ -482,6 +500,7 @@ def _start(spec: ClusterSpec, runtime_env: dict[str, Any] | None) -> LiveCluster
         for _ in range(spec.worker_nodes):
             local.add_node(wait=False, **node_args)  # start them side by side
         local.wait_for_nodes()
+        _report_retries(report_retries)  # after the nodes start: this driver's only
         context = ray.init(
             address=local.address,
             _node_ip_address=LOOPBACK,
@@ -493,6 +512,11 @@ def _start(spec: ClusterSpec, runtime_env: dict[str, Any] | None) -> LiveCluster
         cluster.shutdown()
         raise
     return cluster
+
+
+def _report_retries(report: bool) -> None:
+    if not report:
+        os.environ[RETRY_REPORTS] = "0"
 
 
 def _dashboard_runs(address: str) -> bool:
