@@ -250,49 +250,15 @@ NOISE = {
     "record that is not a check": re.compile(r"^(measured|machine)  \S", re.MULTILINE),
 }
 SHOWS_ERROR = "tag_shows-error"
-# Lines that Ray's error listener prints into a page although nothing the chapter did
-# failed, by page, each with its cause as far as it is known. They arrive while some
-# cell runs, not necessarily the one that caused them. Issue 17 stays open until this
-# is empty.
-SERVE_SHUTDOWN = (
-    # Serve's controller ends graceful_shutdown by killing itself with ray.kill
-    # (serve/_private/controller.py), while that call and the driver's long poll
-    # (listen_for_change) still wait on it; Ray reports both as failed tasks.
-    r"^\(raylet\) Task ServeController\.\w+ failed\..*killed by `ray\.kill`\.$"
-)
-TOLERATED: dict[str, re.Pattern] = {
-    "notebooks/24_alibi.html": re.compile(SERVE_SHUTDOWN, re.MULTILINE),
-    "notebooks/36_ray_libraries.html": re.compile(SERVE_SHUTDOWN, re.MULTILINE),
-}
-# On any page: Ray's report of a worker that died while it ran a task, without a
-# traceback. Seen on some runs only, under 21's plot, after joblib's pool of actors
-# was torn down ("Worker unexpectedly exits with a connection error code 2"): Ray's
-# Pool.terminate sends each actor __ray_terminate__ and then kills it, so an actor
-# may die while it runs that task. Nothing the chapter checks failed.
-WORKER_DIED = re.compile(
-    r"^\(raylet\) A worker died or was killed while executing a task by an "
-    r"unexpected system error\.(?!.*Traceback).*$",
-    re.MULTILINE,
-)
-
-
-def tolerated_on(page: str) -> tuple[re.Pattern, ...]:
-    """The page's own tolerated lines first (they may include a worker's death with
-    its traceback), then those tolerated on every page."""
-    return (*([TOLERATED[page]] if page in TOLERATED else []), WORKER_DIED)
-
-
 CODE_COLUMNS = 88
 
 
-def noise_in(cells: list[dict], tolerated: tuple[re.Pattern, ...] = ()) -> list[str]:
+def noise_in(cells: list[dict]) -> list[str]:
     """Log lines, tracebacks and warnings in the outputs, and code lines over 88
-    columns. Output that matches one of the ``tolerated`` patterns is let through."""
+    columns."""
     found = []
     for cell in cells:
         outputs = cell["outputs"]
-        for pattern in tolerated:
-            outputs = pattern.sub("", outputs)
         if SHOWS_ERROR not in cell["classes"].split():
             for what, pattern in NOISE.items():
                 found += [
@@ -337,33 +303,9 @@ def test_noise_in_finds_log_lines_tracebacks_warnings_and_long_code():
     assert all(noise_in([cell]) for cell in noisy)
     shown = {**noisy[5], "classes": "cell tag_shows-error docutils container"}
     assert noise_in([shown]) == []
-    known = re.compile(r"^\(raylet\) A worker died.*$", re.MULTILINE)
-    assert noise_in(noisy[:1], (known,)) == []
-    assert noise_in(noisy[1:2], (known,))
-    failed_load = (
-        "(raylet) Traceback (most recent call last):\n  File ...\n"
-        "ModuleNotFoundError: No module named '2887527635'\n"
-        "An unexpected internal error occurred while the worker was executing a task.\n"
-        "(raylet) Task train_linear failed. There are 3 retries remaining, so the "
-        "task will be retried. Error: \n"
-    )
-    # 13's training task has workers of its own now: the report is noise there too.
-    assert noise_in(
-        [{**quiet, "outputs": failed_load}], tolerated_on("notebooks/13_raydp.html")
-    )
-    died = (
-        "(raylet) A worker died or was killed while executing a task by an unexpected "
-        "system error. Worker exit detail: Worker unexpectedly exits"
-    )
-    anywhere = tolerated_on("notebooks/00_live_cluster.html")
-    assert noise_in([{**quiet, "outputs": died}], anywhere) == []
-    with_traceback = died + " Traceback (most recent call last):"
-    assert noise_in([{**quiet, "outputs": with_traceback}], anywhere)
 
 
-def open_page(
-    browser, url: str, tolerated: tuple[re.Pattern, ...] = ()
-) -> tuple[dict[str, list[str]], int]:
+def open_page(browser, url: str) -> tuple[dict[str, list[str]], int]:
     """Open ``url``; what went wrong (requests to other hosts, console errors, bad
     figures, noise in a cell) and the figure count."""
     browser.get_log("performance"), browser.get_log("browser")  # drop what came before
@@ -394,7 +336,7 @@ def open_page(
         "requests to other hosts": elsewhere,
         "console errors": errors,
         "figures missing or blank": bad_images,
-        "noise in cells": noise_in(browser.execute_script(CELLS_JS), tolerated),
+        "noise in cells": noise_in(browser.execute_script(CELLS_JS)),
     }
     return {what: items for what, items in found.items() if items}, len(images)
 
@@ -403,9 +345,7 @@ def test_every_page_renders_offline_without_errors(browser, built_book):
     problems, figures = {}, 0
     with serving(built_book) as served:
         for page in pages(built_book):
-            problems[page], count = open_page(
-                browser, f"{served}/{page}", tolerated_on(page)
-            )
+            problems[page], count = open_page(browser, f"{served}/{page}")
             figures += count
     problems = {page: found for page, found in problems.items() if found}
     assert not problems, json.dumps(problems, indent=1)
