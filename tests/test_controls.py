@@ -11,6 +11,7 @@ switch (23, at smoke size). Each notebook names its control in its metadata
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -264,6 +265,64 @@ def test_20_a_driver_with_another_inline_limit_stores_smaller_arguments(small_cl
     ]
     holds, detail = checks.store_takes_over_at(int(threshold))
     assert not holds, detail
+
+
+@ray.remote(num_cpus=0)
+class Wire:
+    """A worker that sends or receives bytes on a connection of its own, as a Level 1
+    library does, or takes them as a Ray call's argument."""
+
+    def listen(self) -> tuple[str, int]:
+        self.server = socket.create_server((ray.util.get_node_ip_address(), 0))
+        return self.server.getsockname()[:2]
+
+    def receive(self, nbytes: int) -> int:
+        # The connection stays open: a count of connections misses one that closed.
+        self.connection, _ = self.server.accept()
+        got = 0
+        while got < nbytes:
+            got += len(self.connection.recv(2**20))
+        return got
+
+    def send(self, address: tuple[str, int], nbytes: int) -> None:
+        self.connection = socket.create_connection(address)
+        self.connection.sendall(bytes(nbytes))
+
+    def take(self, data) -> int:
+        return len(data)
+
+
+def test_10_20_30_bytes_carried_by_ray_not_by_the_library(small_cluster):
+    """10, 20 and 30 claim which carrier took an exchange's bytes: the library's own
+    connections (10), Ray's connections (20's small arguments) or the object stores
+    (20's large arguments, 30). The same bytes sent three ways, between workers on two
+    nodes, are each seen on their own carrier, and the checks for the other two fail."""
+    from helpers.traffic import bytes_carried
+
+    if shutil.which("ss") is None:
+        pytest.skip("counting bytes per connection needs Linux's ss")
+    _, first, second = small_cluster.nodes()
+    sender = Wire.options(scheduling_strategy=on(first)).remote()
+    receiver = Wire.options(scheduling_strategy=on(second)).remote()
+    address = ray.get(receiver.listen.remote())
+    nbytes, chunk = 8 * MB, 64 * 1024
+    ways = {}
+    with bytes_carried() as ways["library"]:
+        received = receiver.receive.remote(nbytes)
+        ray.get(sender.send.remote(address, nbytes))
+        assert ray.get(received) == nbytes
+    with bytes_carried() as ways["ray"]:  # below the 100 KiB threshold: inside calls
+        calls = [receiver.take.remote(bytes(chunk)) for _ in range(nbytes // chunk)]
+        assert sum(ray.get(calls)) == nbytes
+    with bytes_carried() as ways["store"]:  # above it: through the store
+        calls = [receiver.take.remote(bytes(MB)) for _ in range(nbytes // MB)]
+        assert sum(ray.get(calls)) == nbytes
+    for way, carried in ways.items():
+        for carrier in ways:
+            holds, detail = checks.carried_by(carried, carrier, at_least=nbytes)
+            assert holds == (carrier == way), f"sent by {way}, {carrier}: {detail}"
+    for actor in (sender, receiver):
+        ray.kill(actor)
 
 
 def test_21_actors_that_ask_for_no_cpu_stack_up(small_cluster):

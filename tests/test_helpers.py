@@ -33,9 +33,10 @@ from booktools.run import (
     execute,
     main,
 )
-from helpers import gpu, results
+from helpers import checks, gpu, results
 from helpers.isolated import run_isolated, unavailable_reason
 from helpers.network import exposed, is_loopback, listening_addresses
+from helpers.traffic import Carried, parse_ss
 
 
 def test_measure_prints_outside_a_notebook(capsys):
@@ -613,3 +614,34 @@ def test_a_dask_key_names_its_layer():
 
     assert layer_of(("chunk_sum-3f2a9c", 0, 1)) == "chunk_sum"
     assert layer_of("mean_agg-aggregate-77be") == "mean_agg-aggregate"
+
+
+def test_ss_is_read_one_connection_at_a_time():
+    # A closing connection's counters line is blank: the next connection must not be
+    # read as its counters.
+    listing = (
+        "TIME-WAIT 0 0 [::ffff:127.0.0.1]:39348 [::ffff:127.0.0.1]:40935\n"
+        "\t \n"
+        "ESTAB 0 0 [::ffff:127.0.0.1]:40665 [::ffff:127.0.0.1]:51310 "
+        'users:(("ray::W",pid=11095,fd=39))\n'
+        "\t bbr bytes_sent:6345 bytes_acked:6345 bytes_received:4229806 segs_out:101\n"
+        "ESTAB 0 0 10.0.0.2:6379 10.0.0.3:51000\n"
+        "\t cubic bytes_received:17\n"
+    )
+    assert parse_ss(listing) == {
+        (("127.0.0.1", 39348), ("127.0.0.1", 40935)): (0, 0),
+        (("127.0.0.1", 40665), ("127.0.0.1", 51310)): (4229806, 11095),
+        (("10.0.0.2", 6379), ("10.0.0.3", 51000)): (17, 0),
+    }
+
+
+def test_carried_by_wants_one_carrier_and_little_from_the_others():
+    mib = 2**20
+
+    def library_carried(ray: int, library: int) -> bool:
+        carried = Carried(ray=ray, library=library, store=0)
+        return checks.carried_by(carried, "library", at_least=8 * mib)[0]
+
+    assert library_carried(ray=10, library=8 * mib)
+    assert not library_carried(ray=mib, library=8 * mib)  # Ray took a tenth or more
+    assert not library_carried(ray=0, library=7 * mib)  # less than the exchange

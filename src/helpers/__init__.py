@@ -10,6 +10,10 @@ counting) is in :mod:`booktools`, apart.
 * :mod:`helpers.timing`: repeat, median, spread; bound a call that may hang.
 * :mod:`helpers.store`: count the objects that calls put into the store, and what each
   node's store takes in while a step runs.
+* :mod:`helpers.traffic`: who carried an exchange's bytes: Ray's connections, the
+  library's own, or the object store (chapters 10, 20, 30 and the level pages).
+* :mod:`helpers.joblib_ray`: Ray's joblib backend, its pool stopped in order (chapter
+  21).
 * :mod:`helpers.faults`: kill a worker mid-run, when its progress says so (chapter 11).
 * :mod:`helpers.disk`: what each stage of a pipeline wrote to files (chapter 50).
 * :mod:`helpers.dask_objects`: the Ray objects a Dask computation made (chapter 34).

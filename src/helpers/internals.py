@@ -47,6 +47,7 @@ from ray._raylet import (
     GcsClientOptions,
     get_authentication_mode,
 )
+from ray.core.generated import common_pb2
 
 CHECKED_AGAINST = "2.60.0"
 
@@ -63,6 +64,7 @@ __all__ = [
     "memory_summary",
     "node_stats",
     "object_locations",
+    "processes_of_ray",
     "ray_benchmarks",
     "ray_constants",
     "reference_counts",
@@ -88,6 +90,20 @@ def object_locations(refs: list[ray.ObjectRef]) -> dict[ray.ObjectRef, dict[str,
     each reference is held, not which stores hold a copy.
     """
     return ray.experimental.get_object_locations(refs)
+
+
+def processes_of_ray(address: str, port: int) -> list[tuple[str, int, int, bool]]:
+    """Each worker process and driver that the raylet at ``address:port`` knows: the
+    address of its RPC server, its pid, and whether it is a driver (traffic.py).
+
+    The state API (``ray.util.state.list_workers``) needs the dashboard, which the
+    simulated machines do not run; the raylet answers without one.
+    """
+    stats = node_stats(address, port, include_memory_info=False)
+    return [
+        (w.ip_address, w.port, w.pid, w.worker_type == common_pb2.DRIVER)
+        for w in stats.core_workers_stats
+    ]
 
 
 def ray_benchmarks():
