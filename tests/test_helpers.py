@@ -36,7 +36,7 @@ from booktools.run import (
 from helpers import checks, gpu, results
 from helpers.isolated import run_isolated, unavailable_reason
 from helpers.network import exposed, is_loopback, listening_addresses
-from helpers.traffic import Carried, parse_ss
+from helpers.traffic import Carried, parse_ss, plot_bytes_carried
 
 
 def test_measure_prints_outside_a_notebook(capsys):
@@ -645,3 +645,10 @@ def test_carried_by_wants_one_carrier_and_little_from_the_others():
     assert library_carried(ray=10, library=8 * mib)
     assert not library_carried(ray=mib, library=8 * mib)  # Ray took a tenth or more
     assert not library_carried(ray=0, library=7 * mib)  # less than the exchange
+
+
+def test_a_figure_of_bytes_not_counted_says_why_and_draws_no_bar():
+    reason = "counting bytes per connection needs Linux's ss"
+    ax = plot_bytes_carried({"an exchange": Carried(unavailable=reason)}, "Who carried")
+    assert not ax.containers
+    assert [t.get_text() for t in ax.texts] == [f"not counted: {reason}"]

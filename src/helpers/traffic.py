@@ -93,6 +93,8 @@ def plot_bytes_carried(cases: dict[str, Carried], title: str) -> Axes:
     ax = figure(title, "bytes received (MiB)", "carried by")
     height = 0.8 / len(cases)
     for k, (case, carried) in enumerate(cases.items()):
+        if carried.unavailable:
+            continue  # said across the plot, below
         rows = [i + k * height for i in range(len(CARRIERS))]
         bars = ax.barh(rows, list(carried.mib().values()), height=height, label=case)
         ax.bar_label(bars, fmt="%.2f", padding=3)
@@ -102,7 +104,10 @@ def plot_bytes_carried(cases: dict[str, Carried], title: str) -> Axes:
     )
     ax.invert_yaxis()
     ax.set_xlim(right=ax.get_xlim()[1] * 1.15)  # room for the labels
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2))
+    for reason in {c.unavailable for c in cases.values() if c.unavailable}:
+        ax.text(0.5, 0.5, f"not counted: {reason}", transform=ax.transAxes, ha="center")
+    if ax.containers:
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2))
     return ax
 
 
