@@ -33,7 +33,7 @@ from booktools.run import (
     execute,
     main,
 )
-from helpers import checks, gpu, results
+from helpers import checks, gpu, results, traffic
 from helpers.isolated import run_isolated, unavailable_reason
 from helpers.network import exposed, is_loopback, listening_addresses
 from helpers.traffic import Carried, parse_ss, plot_bytes_carried
@@ -618,21 +618,43 @@ def test_a_dask_key_names_its_layer():
 
 def test_ss_is_read_one_connection_at_a_time():
     # A closing connection's counters line is blank: the next connection must not be
-    # read as its counters.
+    # read as its counters. A process's name may hold spaces.
     listing = (
         "TIME-WAIT 0 0 [::ffff:127.0.0.1]:39348 [::ffff:127.0.0.1]:40935\n"
         "\t \n"
         "ESTAB 0 0 [::ffff:127.0.0.1]:40665 [::ffff:127.0.0.1]:51310 "
-        'users:(("ray::W",pid=11095,fd=39))\n'
+        'users:(("Socket Process",pid=11095,fd=39))\n'
         "\t bbr bytes_sent:6345 bytes_acked:6345 bytes_received:4229806 segs_out:101\n"
         "ESTAB 0 0 10.0.0.2:6379 10.0.0.3:51000\n"
         "\t cubic bytes_received:17\n"
     )
     assert parse_ss(listing) == {
-        (("127.0.0.1", 39348), ("127.0.0.1", 40935)): (0, 0),
         (("127.0.0.1", 40665), ("127.0.0.1", 51310)): (4229806, 11095),
         (("10.0.0.2", 6379), ("10.0.0.3", 51000)): (17, 0),
     }
+
+
+def test_bytes_are_attributed_by_where_ray_serves_and_whose_connection_it_is():
+    gcs, raylet, manager = ("10.0.0.1", 6379), ("10.0.0.2", 7000), ("10.0.0.2", 7001)
+    peer, other = ("10.0.0.3", 5000), ("10.0.0.3", 6000)
+    one, two = 1, 2  # two networks
+    before = {
+        (one, (("10.0.0.2", 40000), gcs)): (100, 7),  # Ray's: +50
+        (two, (peer, ("10.0.0.2", 41000))): (1000, 8),  # a worker's own: +500
+        (one, (("10.0.0.2", 42000), manager)): (0, 7),  # an object copy: the store's
+        (one, (("10.0.0.2", 43000), raylet)): (900, 7),  # closed since: adds nothing
+    }
+    after = {
+        (one, (("10.0.0.2", 40000), gcs)): (150, 7),
+        (two, (peer, ("10.0.0.2", 41000))): (1500, 8),
+        (one, (("10.0.0.2", 42000), manager)): (2**20, 7),
+        (two, (other, ("10.0.0.9", 9))): (30, 9),  # not a Ray worker's: left out
+        (one, (peer, ("10.0.0.2", 41000))): (70, 8),  # the same pid, another network
+    }
+    attributed = traffic.attribute(
+        before, after, {gcs, raylet}, {manager}, workers={(two, 8)}
+    )
+    assert attributed == (50, 500)
 
 
 def test_carried_by_wants_one_carrier_and_little_from_the_others():

@@ -365,15 +365,15 @@ def stored_once_by_reference(by_value: int, by_reference: int, calls: int) -> Ch
 
 
 def carried_by(carried: Any, carrier: str, at_least: int) -> Check:
-    """10, 20, 30: ``carrier`` ("ray", "library" or "store", see
-    :class:`helpers.traffic.Carried`) took at least ``at_least`` bytes, and each of the
+    """10, 20, 30: ``carrier`` (a key of :data:`helpers.traffic.CARRIERS`) took at
+    least ``at_least`` bytes of a :class:`helpers.traffic.Carried`, and each of the
     others less than a tenth of that."""
-    took = {name: getattr(carried, name) for name in ("ray", "library", "store")}
-    others = [name for name in took if name != carrier]
-    holds = took[carrier] >= at_least and all(
-        took[name] < at_least / 10 for name in others
+    taken = carried.taken()
+    others = [name for name in taken if name != carrier]
+    holds = taken[carrier] >= at_least and all(
+        taken[name] < at_least / 10 for name in others
     )
     return holds, (
-        f"{carrier} {took[carrier] / MB:.2f} MiB of at least {at_least / MB:.2f}; "
-        + ", ".join(f"{name} {took[name] / MB:.3f} MiB" for name in others)
+        f"{carrier} {taken[carrier] / MB:.2f} MiB of at least {at_least / MB:.2f}; "
+        + ", ".join(f"{name} {taken[name] / MB:.3f} MiB" for name in others)
     )

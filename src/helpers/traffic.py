@@ -2,30 +2,34 @@
 object store.
 
 Chapters 10, 20 and 30 count one exchange each this way, one chapter for each level,
-and the level pages show their figures. Two counts are taken before and after a block:
+and the level pages show their figures. Two counts are taken around a block:
 
-* TCP: every connection on every node, with the bytes it received (Linux's ``ss``,
-  from iproute2). A connection to an address where Ray serves (the GCS, a raylet, an
-  agent, a worker's or the driver's RPC server) is Ray's: it carries Ray's control
-  traffic (leases, scheduling, heartbeats, the object directory) and the arguments and
-  results small enough to travel inside a call. Any other connection of a worker
-  process is the library's own.
+* TCP: every connection in every network of the cluster, with the bytes it received
+  (Linux's ``ss``, from iproute2), before and after. A connection to an address where
+  Ray serves (the GCS, a raylet, an agent, a worker's or the driver's RPC server) is
+  Ray's: it carries Ray's control traffic (leases, scheduling, heartbeats, metrics, the
+  object directory) and the arguments and results small enough to travel inside a
+  call. Any other connection of a Ray worker process is the library's own.
 * The object store: the bytes each node's store created, puts and copies pulled from
   other nodes alike (:func:`helpers.store.store_traffic`). A copy between nodes travels
-  on the object manager's connection; it is counted once, as the store's.
+  on the object managers' connection; it is counted once, here.
 
-Each byte is counted once, by the socket that received it. A connection opened and
-closed inside the block is missed, and the driver's own connections to anything but
-Ray (Jupyter's, say) are left out.
+Each byte on a connection is counted once, by the socket that received it; a store's
+bytes are counted where they were created. Left out or misplaced: a connection opened
+and closed inside the block, one of a worker that died before the block ended, the
+driver's own connections to anything but Ray (Jupyter's, say), and the bytes Ray moves
+outside its servers (a direct tensor transport's, a spill worker's reads from remote
+storage), which count as a worker's own.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 
 import ray
@@ -39,27 +43,30 @@ from helpers.store import store_traffic
 Address = tuple[str, int]
 # A connection, as one of its ends sees it: (this end, the other end).
 Connection = tuple[Address, Address]
+# A connection in one network (its namespace's inode): the bytes received, the pid.
+Connections = dict[tuple[int, Connection], tuple[int, int]]
 
 CARRIERS = {
     "ray": "Ray's connections",
     "library": "the library's own connections",
     "store": "the object store",
 }
+NO_SS = "counting bytes per connection needs Linux's ss on every node"
 
 
 @dataclass
 class Carried:
-    """Bytes each carrier took while the block ran; all None where ``ss`` is missing,
-    with the reason in ``unavailable``."""
+    """Bytes each carrier took while the block ran; all None where they could not be
+    counted, with the reason in ``unavailable``."""
 
     ray: int | None = None
     library: int | None = None
     store: int | None = None
     unavailable: str = ""
 
-    def mib(self) -> dict[str, float]:
-        """Each carrier's bytes in MiB, by its name in :data:`CARRIERS`."""
-        return {CARRIERS[k]: (getattr(self, k) or 0) / 2**20 for k in CARRIERS}
+    def taken(self) -> dict[str, int]:
+        """Each carrier's bytes, by its key in :data:`CARRIERS`."""
+        return {carrier: getattr(self, carrier) or 0 for carrier in CARRIERS}
 
 
 @contextlib.contextmanager
@@ -67,36 +74,52 @@ def bytes_carried() -> Iterator[Carried]:
     """Count the bytes that Ray's connections, the library's connections and the object
     stores of all nodes took while the block runs; filled in when it ends."""
     carried = Carried()
-    if shutil.which("ss") is None:
-        carried.unavailable = "counting bytes per connection needs Linux's ss"
-        yield carried
-        return
-    before = _connections_on_every_machine()
+    # The store's counters are read outside the connections' window, so that asking
+    # the raylets for them is not counted as Ray's traffic.
     with store_traffic() as stored:
+        before, networks = _connections_everywhere()
         yield carried
-    after = _connections_on_every_machine()
-    ray_served, store_served, worker_pids = _rays_addresses()
-    carried.ray = carried.library = 0
-    for (machine, connection), (received, pid) in after.items():
-        received -= before.get((machine, connection), (0, pid))[0]
-        if store_served.intersection(connection):
-            continue  # an object copied between nodes: the store's count has it
-        if ray_served.intersection(connection):
-            carried.ray += received
-        elif (machine, pid) in worker_pids:
-            carried.library += received
+        after, _ = _connections_everywhere()
+    if before is None or after is None:
+        carried.unavailable = NO_SS
+        return
+    carried.ray, carried.library = attribute(before, after, *_rays_part(networks))
     carried.store = sum(nbytes for _, nbytes in stored.values())
 
 
+def attribute(
+    before: Connections,
+    after: Connections,
+    ray_serves: set[Address],
+    object_managers: set[Address],
+    workers: set[tuple[int, int]],
+) -> tuple[int, int]:
+    """The bytes received between ``before`` and ``after`` by Ray's connections (one
+    end where Ray serves, the object managers left out) and by the connections of its
+    worker processes, given as (network, pid)."""
+    ray_bytes = library_bytes = 0
+    for (network, connection), (received, pid) in after.items():
+        # A connection that closed has no counters left: it adds nothing, not minus all.
+        received = max(0, received - before.get((network, connection), (0, 0))[0])
+        if object_managers.intersection(connection):
+            continue  # an object copied between nodes: the store's count has it
+        if ray_serves.intersection(connection):
+            ray_bytes += received
+        elif (network, pid) in workers:
+            library_bytes += received
+    return ray_bytes, library_bytes
+
+
 def plot_bytes_carried(cases: dict[str, Carried], title: str) -> Axes:
-    """A row of bars for each carrier, one bar in it for each case: the MiB it took."""
-    ax = figure(title, "bytes received (MiB)", "carried by")
+    """A row of bars for each carrier, one bar in it for each case, in MiB."""
+    ax = figure(title, "MiB received on connections, or created in the stores", "by")
     height = 0.8 / len(cases)
     for k, (case, carried) in enumerate(cases.items()):
         if carried.unavailable:
             continue  # said across the plot, below
         rows = [i + k * height for i in range(len(CARRIERS))]
-        bars = ax.barh(rows, list(carried.mib().values()), height=height, label=case)
+        mib = [nbytes / 2**20 for nbytes in carried.taken().values()]
+        bars = ax.barh(rows, mib, height=height, label=case)
         ax.bar_label(bars, fmt="%.2f", padding=3)
     ax.set_yticks(
         [i + (len(cases) - 1) * height / 2 for i in range(len(CARRIERS))],
@@ -111,35 +134,50 @@ def plot_bytes_carried(cases: dict[str, Carried], title: str) -> Axes:
     return ax
 
 
-def _connections_on_every_machine() -> dict[tuple[str, Connection], tuple[int, int]]:
-    """Every TCP connection on the cluster's machines, by (machine, connection): the
-    bytes it received and the process that holds it. Nodes that share an address
-    share a machine here (a local cluster), so ``ss`` runs once per address."""
-    here = ray.util.get_node_ip_address()
-    node_by_address = {
-        n["NodeManagerAddress"]: n["NodeID"] for n in ray.nodes() if n["Alive"]
-    }
-    found = {}
-    for address, node_id in node_by_address.items():
-        if address == here:
-            connections = connections_on_this_machine()
+def _connections_everywhere() -> tuple[Connections | None, dict[str, int]]:
+    """Every TCP connection in the networks of the cluster's nodes (None where a node
+    has no ``ss``), and each node's network. Nodes may share one network (a local
+    cluster, the simulated machines): each network is read once."""
+    here = ray.get_runtime_context().get_node_id()
+    networks, found = {}, {}
+    # This node first: its network is read here, without a task.
+    for node in sorted(ray.nodes(), key=lambda n: n["NodeID"] != here):
+        node_id = node["NodeID"]
+        if not node["Alive"]:
+            continue
+        read = set(networks.values())
+        if node_id == here:
+            network, connections = connections_in_this_network(read)
         else:
             on_node = NodeAffinitySchedulingStrategy(node_id, soft=False)
-            connections = ray.get(
-                _connections_there.options(scheduling_strategy=on_node).remote()
+            network, connections = ray.get(
+                _connections_there.options(scheduling_strategy=on_node).remote(read)
             )
-        found.update({(address, c): value for c, value in connections.items()})
-    return found
+        if connections is None:
+            return None, networks
+        networks[node_id] = network
+        found.update({(network, c): value for c, value in connections.items()})
+    return found, networks
 
 
 @ray.remote(num_cpus=0)
-def _connections_there() -> dict[Connection, tuple[int, int]]:
-    return connections_on_this_machine()
+def _connections_there(
+    read: set[int],
+) -> tuple[int, dict[Connection, tuple[int, int]] | None]:
+    return connections_in_this_network(read)
 
 
-def connections_on_this_machine() -> dict[Connection, tuple[int, int]]:
-    """Every TCP connection this machine's network holds: the bytes each received, and
-    the pid that holds it (0 where ``ss`` may not say)."""
+def connections_in_this_network(
+    read: Collection[int] = (),
+) -> tuple[int, dict[Connection, tuple[int, int]] | None]:
+    """This process's network namespace, and every TCP connection in it that has
+    received bytes, with the bytes and the pid that holds it (0 where ``ss`` may not
+    say): none if the network is among those ``read`` already, None without ``ss``."""
+    network = os.stat("/proc/self/ns/net").st_ino
+    if network in read:
+        return network, {}
+    if shutil.which("ss") is None:
+        return network, None
     listing = subprocess.run(
         ["ss", "--tcp", "--numeric", "--info", "--processes", "--no-header"]
         + ["state", "connected"],
@@ -147,21 +185,24 @@ def connections_on_this_machine() -> dict[Connection, tuple[int, int]]:
         text=True,
         check=True,
     ).stdout
-    return parse_ss(listing)
+    return network, parse_ss(listing)
 
 
 def parse_ss(listing: str) -> dict[Connection, tuple[int, int]]:
     """``ss --tcp --numeric --info --processes`` read into (local, peer) -> (bytes
-    received, pid): a line per connection, its counters on the next, indented (and
-    blank for a connection that is closing)."""
+    received, pid), for the connections that have received bytes: a line for each
+    connection, its counters on the next, indented (blank for one that is closing)."""
     found = {}
     for line, info in re.findall(r"^(\S.*)\n[ \t]+(.*)$", listing, re.MULTILINE):
-        fields = line.split()
         received = re.search(r"\bbytes_received:(\d+)", info)
-        pid = re.search(r"\bpid=(\d+)", line)
-        ends = fields[-3:-1] if fields[-1].startswith("users:") else fields[-2:]
-        found[_address(ends[0]), _address(ends[1])] = (
-            int(received.group(1)) if received else 0,
+        if not received:
+            continue
+        # The process column last, if any: a process's name may hold spaces.
+        line, _, users = line.partition(" users:(")
+        local, peer = line.split()[-2:]
+        pid = re.search(r"\bpid=(\d+)", users)
+        found[_address(local), _address(peer)] = (
+            int(received.group(1)),
             int(pid.group(1)) if pid else 0,
         )
     return found
@@ -173,19 +214,20 @@ def _address(text: str) -> Address:
     return host, int(port)
 
 
-def _rays_addresses() -> tuple[set[Address], set[Address], set[tuple[str, int]]]:
-    """Where Ray serves (its object managers apart), and its worker processes by
-    (machine, pid), drivers left out."""
-    served = set()
+def _rays_part(
+    networks: dict[str, int],
+) -> tuple[set[Address], set[Address], set[tuple[int, int]]]:
+    """Where Ray serves (its object managers apart), where its object managers serve,
+    and its worker processes by (network, pid), drivers left out."""
     gcs_host, _, gcs_port = ray.get_runtime_context().gcs_address.rpartition(":")
-    served.add((gcs_host, int(gcs_port)))
+    serves = {(gcs_host, int(gcs_port))}
     object_managers, workers = set(), set()
     for node in ray.nodes():
-        if not node["Alive"]:
+        if not node["Alive"] or node["NodeID"] not in networks:
             continue
         address = node["NodeManagerAddress"]
         object_managers.add((address, node["ObjectManagerPort"]))
-        served |= {
+        serves |= {
             (address, port)
             for key, port in node.items()
             if key.endswith("Port") and key != "ObjectManagerPort" and port
@@ -193,7 +235,7 @@ def _rays_addresses() -> tuple[set[Address], set[Address], set[tuple[str, int]]]
         for ip, port, pid, is_driver in processes_of_ray(
             address, node["NodeManagerPort"]
         ):
-            served.add((ip, port))
+            serves.add((ip, port))
             if not is_driver:
-                workers.add((address, pid))
-    return served, object_managers, workers
+                workers.add((networks[node["NodeID"]], pid))
+    return serves, object_managers, workers
