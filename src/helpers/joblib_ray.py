@@ -10,8 +10,10 @@ executing a task by an unexpected system error" into the notebook (here about on
 thirty searches). Nothing the search computed is lost, but the line reads as a crash.
 
 :func:`register_ray_stopping_in_order` registers Ray's backend under the same name with
-one change: the actors finish exiting before anything kills them. A pool used directly
-does the same with ``close()`` and ``join()`` instead of ``terminate()``.
+one change: the actors finish exiting before anything kills them. (When a search fails,
+joblib stops the pool the same way, so the actors first finish the batches already sent
+to them.) A pool used directly does the same with ``close()`` and ``join()`` before it
+is terminated.
 """
 
 from __future__ import annotations
