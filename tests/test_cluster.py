@@ -84,14 +84,15 @@ def test_shutdown_leaves_no_process_and_no_shared_memory():
 
 
 def test_shutdown_puts_back_the_settings_the_start_changed(no_leftovers):
-    from helpers.cluster import Settings
+    from helpers.cluster import RETRY_REPORTS, Settings
 
     before = Settings.save()
-    live = helpers.start_or_join(None, worker_nodes=0, quiet=True)
+    live = helpers.start_or_join(None, worker_nodes=0, quiet=True, report_retries=False)
     helpers.quiet_ray_data()
     assert Settings.save() != before, (
         "the start changed nothing: this test checks nothing"
     )
+    assert os.environ[RETRY_REPORTS] == "0"
     live.shutdown()
     assert Settings.save() == before
 
